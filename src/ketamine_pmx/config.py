@@ -1,0 +1,121 @@
+"""Loading and validating a run configuration.
+
+The JSON Schema in ``ketamine_pmx/schemas/config.schema.yaml`` is the single definition of the
+configuration: Snakemake validates ``config`` against it (``workflow/schemas`` links to it) and the
+CLI uses :func:`load_config`, which applies the same schema and fills in the same defaults.
+YAML is always read with ``yaml.safe_load``; no config string is ever evaluated.
+"""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the file and key."""
+
+
+def schema_path() -> Path:
+    """Path of the packaged configuration schema."""
+    return Path(str(resources.files("ketamine_pmx") / "schemas" / "config.schema.yaml"))
+
+
+def load_schema() -> dict[str, Any]:
+    with open(schema_path(), encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _with_defaults(validator_class: type) -> type:
+    """A validator class that fills each object's missing properties with their defaults."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, subschema in properties.items():
+                if "default" in subschema and name not in instance:
+                    instance[name] = copy.deepcopy(subschema["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+_Validator = _with_defaults(jsonschema.Draft202012Validator)
+
+
+def validate_config(config: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
+    """Validate ``config`` against the schema and return a copy with defaults filled in.
+
+    All schema violations are reported together, each with its key path.
+    """
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"{source}: the configuration must be a mapping, got {type(config).__name__}")
+    filled = copy.deepcopy(config)
+    validator = _Validator(load_schema())
+    errors = sorted(validator.iter_errors(filled), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"{source}: invalid configuration ({len(errors)} problem(s)):"]
+        for err in errors:
+            key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+            lines.append(f"  - {key}: {err.message}")
+        raise ConfigError("\n".join(lines))
+    _check_semantics(filled, source)
+    return filled
+
+
+def _check_semantics(config: dict[str, Any], source: str) -> None:
+    """Rules a JSON Schema cannot express."""
+    problems = []
+    mix = config["simulation"]["population_mix"]
+    if mix and sum(mix.values()) <= 0:
+        problems.append("simulation.population_mix: shares must not all be zero")
+    for name, rng in config["data"]["plausibility"].items():
+        if rng["min"] > rng["max"]:
+            problems.append(f"data.plausibility.{name}: min {rng['min']} > max {rng['max']}")
+    for key in ("dose_cmt", "observation", "evid", "cyp2b6", "sex"):
+        codes = config["data"]["codes"][key]
+        if key in ("dose_cmt", "observation", "evid"):
+            for code in codes:
+                try:
+                    float(code)
+                except ValueError:
+                    problems.append(f"data.codes.{key}: code {code!r} is not a number")
+    if problems:
+        raise ConfigError(f"{source}: invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config (or start from the defaults), merge ``overrides``, validate."""
+    config: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: configuration file not found")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                config = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if overrides:
+        config = deep_merge(config, overrides)
+    return validate_config(config, source)
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """A new dict: ``update`` merged into ``base`` key by key (mappings recursively)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

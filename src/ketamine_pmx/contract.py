@@ -1,0 +1,218 @@
+"""The data contract: column roles, analyte and dose-target names, codes and units.
+
+This module is the one place that knows what a dataset column means. Everything else
+refers to columns by the canonical (NONMEM upper-case) names defined here.
+
+A dataset is a long table, one row per event, sorted by ID then TIME:
+
+* ``EVID`` 0 is an observation (concentration or clinical score), 1 a dose; 2 (other) rows
+  are kept but carry no information for the models; 3/4 (reset) are refused because no
+  model here implements a reset.
+* Dose rows name what was given in ``ANALYTE`` (or a ``CMT`` code): ``KET`` is racemic
+  (R,S)-ketamine, split 1:1 between the enantiomers by enantiomer-specific models;
+  ``S_KET`` (esketamine) and ``R_KET`` (arketamine) are single enantiomers. ``AMT`` is in mg,
+  ``RATE`` in mg/h (0 = bolus); ``DUR`` (h) may be given instead of ``RATE``.
+* Observation rows name the analyte or endpoint in ``ANALYTE`` (or a ``DVID``/``CMT`` code).
+  Concentrations are in ng/mL, scores on their own scale.
+* ``LLOQ`` (ng/mL) and/or ``BLQ`` (0/1) mark censored concentrations (Beal's M3 by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# --------------------------------------------------------------------------------------
+# Columns
+# --------------------------------------------------------------------------------------
+
+#: Columns every dataset must have (after the user's column map is applied).
+CORE_COLUMNS: tuple[str, ...] = ("ID", "TIME", "EVID", "AMT", "DV", "MDV")
+#: Optional event columns.
+OPTIONAL_EVENT_COLUMNS: tuple[str, ...] = ("RATE", "DUR", "CMT", "DVID", "ANALYTE", "LLOQ", "BLQ")
+#: Subject-level covariates and their meaning.
+COVARIATES: dict[str, str] = {
+    "WT": "body weight (kg)",
+    "AGE": "age (years)",
+    "SEX": "sex (M/F)",
+    "CYP2B6": "CYP2B6 genotype (*1/*1, *1/*6, *6/*6) or metaboliser class (NM/IM/PM)",
+    "DSER": "baseline plasma D-serine (uM)",
+    "MG": "baseline serum magnesium (mmol/L)",
+    "INDICATION": "MDD or CRPS",
+    "STUDY": "study identifier",
+    "ARM": "treatment arm (optional)",
+}
+#: Covariates that must be constant within a subject (baseline values).
+BASELINE_COVARIATES: tuple[str, ...] = (
+    "WT",
+    "AGE",
+    "SEX",
+    "CYP2B6",
+    "DSER",
+    "MG",
+    "INDICATION",
+    "STUDY",
+    "ARM",
+)
+NUMERIC_COLUMNS: tuple[str, ...] = (
+    "ID",
+    "TIME",
+    "EVID",
+    "AMT",
+    "RATE",
+    "DUR",
+    "DV",
+    "MDV",
+    "LLOQ",
+    "BLQ",
+    "WT",
+    "AGE",
+    "DSER",
+    "MG",
+)
+CATEGORICAL_COVARIATES: tuple[str, ...] = ("SEX", "CYP2B6", "INDICATION", "STUDY", "ARM")
+
+#: Column order of a clean (validated) table.
+CLEAN_COLUMNS: tuple[str, ...] = (
+    "ID",
+    "TIME",
+    "EVID",
+    "ANALYTE",
+    "AMT",
+    "RATE",
+    "DV",
+    "MDV",
+    "LLOQ",
+    "BLQ",
+    "WT",
+    "AGE",
+    "SEX",
+    "CYP2B6",
+    "CYP2B6_CLASS",
+    "DSER",
+    "MG",
+    "INDICATION",
+    "STUDY",
+    "ARM",
+)
+
+EVID_OBSERVATION = 0
+EVID_DOSE = 1
+EVID_OTHER = 2
+VALID_EVID = (EVID_OBSERVATION, EVID_DOSE, EVID_OTHER)
+
+# --------------------------------------------------------------------------------------
+# Analytes, endpoints and dose targets
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Analyte:
+    """An observed quantity: a concentration (ng/mL) or a clinical score."""
+
+    name: str
+    kind: str  # "concentration" or "score"
+    description: str
+    species: str | None = None  # KET, NK, HNK (molar mass key)
+    enantiomer: str | None = None  # "S", "R" or None (racemic/sum)
+    score_max: float | None = None
+
+
+ANALYTES: dict[str, Analyte] = {
+    a.name: a
+    for a in (
+        Analyte("S_KET", "concentration", "S-ketamine", "KET", "S"),
+        Analyte("R_KET", "concentration", "R-ketamine", "KET", "R"),
+        Analyte("S_NK", "concentration", "S-norketamine", "NK", "S"),
+        Analyte("R_NK", "concentration", "R-norketamine", "NK", "R"),
+        Analyte("S_HNK", "concentration", "(2S,6S)-hydroxynorketamine", "HNK", "S"),
+        Analyte("R_HNK", "concentration", "(2R,6R)-hydroxynorketamine", "HNK", "R"),
+        Analyte("KET", "concentration", "(R,S)-ketamine, non-stereoselective assay", "KET"),
+        Analyte("NK", "concentration", "(R,S)-norketamine, non-stereoselective assay", "NK"),
+        Analyte("HNK", "concentration", "2,6-HNK (sum of enantiomers)", "HNK"),
+        Analyte("MADRS", "score", "MADRS total score (0-60)", score_max=60.0),
+        Analyte("NRS", "score", "pain numerical rating scale (0-10)", score_max=10.0),
+    )
+}
+CONCENTRATION_ANALYTES = tuple(n for n, a in ANALYTES.items() if a.kind == "concentration")
+SCORE_ANALYTES = tuple(n for n, a in ANALYTES.items() if a.kind == "score")
+ENDPOINT_OF_INDICATION = {"MDD": "MADRS", "CRPS": "NRS"}
+INDICATIONS = tuple(ENDPOINT_OF_INDICATION)
+
+#: What a dose row may deliver, and the fraction of AMT that reaches each enantiomer.
+DOSE_TARGETS: dict[str, dict[str, float]] = {
+    "KET": {"S": 0.5, "R": 0.5},
+    "S_KET": {"S": 1.0, "R": 0.0},
+    "R_KET": {"S": 0.0, "R": 1.0},
+}
+
+#: Default NONMEM-style codes (overridable in config ``data.codes``).
+DEFAULT_DOSE_CMT: dict[int, str] = {1: "KET", 2: "S_KET", 3: "R_KET"}
+DEFAULT_DVID: dict[int, str] = {
+    1: "S_KET",
+    2: "R_KET",
+    3: "S_NK",
+    4: "R_NK",
+    5: "S_HNK",
+    6: "R_HNK",
+    7: "KET",
+    8: "NK",
+    9: "HNK",
+    10: "MADRS",
+    11: "NRS",
+}
+
+CYP2B6_CLASSES = ("NM", "IM", "PM")
+#: How genotype strings and allele counts map to metaboliser classes (config may extend).
+DEFAULT_CYP2B6_MAP: dict[str, str] = {
+    "*1/*1": "NM",
+    "*1/*6": "IM",
+    "*6/*1": "IM",
+    "*6/*6": "PM",
+    "NM": "NM",
+    "IM": "IM",
+    "PM": "PM",
+    "0": "NM",
+    "1": "IM",
+    "2": "PM",
+}
+DEFAULT_SEX_MAP: dict[str, str] = {"M": "M", "F": "F", "MALE": "M", "FEMALE": "F"}
+
+# --------------------------------------------------------------------------------------
+# Units: factors to the canonical unit of each quantity
+# --------------------------------------------------------------------------------------
+
+CANONICAL_UNITS = {
+    "time": "h",
+    "amt": "mg",
+    "rate": "mg/h",
+    "conc": "ng/mL",
+    "wt": "kg",
+    "dser": "uM",
+    "mg": "mmol/L",
+}
+UNIT_FACTORS: dict[str, dict[str, float]] = {
+    "time": {"h": 1.0, "min": 1.0 / 60.0, "d": 24.0, "day": 24.0},
+    "amt": {"mg": 1.0, "ug": 1e-3, "g": 1e3},
+    "rate": {"mg/h": 1.0, "mg/min": 60.0, "ug/min": 0.06, "ug/h": 1e-3},
+    "conc": {"ng/mL": 1.0, "ug/L": 1.0, "mg/L": 1e3, "ug/mL": 1e3, "ng/L": 1e-3},
+    "wt": {"kg": 1.0, "lb": 0.45359237, "g": 1e-3},
+    "dser": {"uM": 1.0, "umol/L": 1.0, "nM": 1e-3, "nmol/L": 1e-3},
+    # 1 mmol/L Mg = 2.43 mg/dL (LITERATURE.md)
+    "mg": {"mmol/L": 1.0, "mg/dL": 1.0 / 2.43, "mEq/L": 0.5},
+}
+#: Molar masses (g/mol) for nM -> ng/mL conversions of concentrations.
+MOLAR_MASS_G_MOL = {"KET": 237.73, "NK": 223.70, "HNK": 239.70}
+
+
+def unit_factor(quantity: str, unit: str) -> float:
+    """Multiplicative factor from ``unit`` to the canonical unit of ``quantity``.
+
+    >>> unit_factor("time", "min")
+    0.016666666666666666
+    """
+    table = UNIT_FACTORS[quantity]
+    if unit not in table:
+        raise KeyError(
+            f"unknown unit {unit!r} for {quantity}; known: {', '.join(sorted(table))}"
+        )
+    return table[unit]

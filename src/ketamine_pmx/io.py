@@ -1,0 +1,62 @@
+"""Atomic output writing: an interrupted run never leaves a half-written file.
+
+Every writer goes through :func:`atomic_path`, which yields a temporary path in the target's own
+directory and renames it over the target only when the block finishes without an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path; on success rename it to ``target`` (same filesystem)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(target: str | Path, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(target: str | Path, obj: Any) -> None:
+    write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def write_csv(target: str | Path, frame: pd.DataFrame, float_format: str = "%.6g") -> None:
+    """Write a table with a fixed float format, so equal numbers give equal bytes."""
+    with atomic_path(target) as tmp:
+        frame.to_csv(tmp, index=False, float_format=float_format, na_rep=".", lineterminator="\n")
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
