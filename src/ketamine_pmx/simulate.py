@@ -578,17 +578,21 @@ class SimulatedTrial:
     population: dict[str, Any]
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write ``trial.csv``, ``truth_subjects.csv`` and ``truth_population.json``."""
+        """Write ``trial.csv``, ``truth_subjects.csv`` and ``truth_population.json`` to a folder."""
         out_dir = Path(out_dir)
         paths = {
             "data": out_dir / "trial.csv",
             "subjects": out_dir / "truth_subjects.csv",
             "population": out_dir / "truth_population.json",
         }
-        write_csv(paths["data"], self.data)
-        write_csv(paths["subjects"], self.subjects, float_format="%.8g")
-        write_json(paths["population"], self.population)
+        self.write_to(**paths)
         return paths
+
+    def write_to(self, data: str | Path, subjects: str | Path, population: str | Path) -> None:
+        """Write the three outputs to the given paths (each atomically)."""
+        write_csv(data, self.data)
+        write_csv(subjects, self.subjects, float_format="%.8g")
+        write_json(population, self.population)
 
 
 def reference_exposure(params: dict[str, Any], rtol: float, atol: float) -> dict[str, float]:
@@ -775,7 +779,33 @@ def simulate_trial(config: dict[str, Any]) -> SimulatedTrial:
             "intercept_probability": {k: float(expit(v)) for k, v in params["response"]["intercept"].items()},
         },
     }
+    population["response_by_arm"] = {
+        arm: {
+            "subjects": int(len(g)),
+            "responder_rate_observed": round(float(g["RESPONDER"].mean()), 4),
+            "mean_true_p_response": round(float(g["P_RESPONSE"].mean()), 4),
+        }
+        for arm, g in truth.groupby("ARM", sort=True)
+    }
     return SimulatedTrial(data=data, subjects=truth, population=population)
+
+
+def trial_summary(trial: SimulatedTrial) -> str:
+    """A few lines on a simulated trial: subjects, observations, BLQ share, response rates."""
+    d = trial.data
+    obs = d[(d["EVID"] == EVID_OBSERVATION) & d["ANALYTE"].isin(PK_ANALYTES)]
+    lines = [
+        f"simulated trial: {d['ID'].nunique()} subjects, {len(d)} rows, "
+        f"{len(obs)} concentrations ({100 * obs['BLQ'].mean():.1f}% BLQ)"
+    ]
+    for arm, v in trial.population["response_by_arm"].items():
+        lines.append(
+            f"  {arm}: {v['subjects']} subjects, responders {100 * v['responder_rate_observed']:.1f}% "
+            f"(mean true P(response) {100 * v['mean_true_p_response']:.1f}%)"
+        )
+    per_analyte = obs.groupby("ANALYTE")["BLQ"].agg(["size", "mean"])
+    lines += [f"  {a}: {int(r['size'])} observations, {100 * r['mean']:.1f}% BLQ" for a, r in per_analyte.iterrows()]
+    return "\n".join(lines)
 
 
 DATA_COLUMNS = (
@@ -830,4 +860,5 @@ __all__ = [
     "response_linear_predictor",
     "simulate_trial",
     "time_course",
+    "trial_summary",
 ]

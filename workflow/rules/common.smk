@@ -1,0 +1,36 @@
+# Input logic shared by all stages: config validation, paths, resources, input functions.
+import os
+
+from snakemake.utils import validate
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+RESULTS = config["results_dir"]
+
+
+def repo_path(path):
+    """A config path as given if it exists from the working directory, else from the workflow."""
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    return os.path.join(workflow.basedir, path)
+
+
+def rule_resources(name):
+    """threads, mem_mb and runtime of a rule, from config resources."""
+    return config["resources"].get(name, {})
+
+
+def get_dataset(wildcards):
+    """The dataset validate_data reads: the user's file, or the simulated virtual trial."""
+    if config["data"]["path"]:
+        return repo_path(config["data"]["path"])
+    return rules.simulate_trial.output.data
+
+
+def get_final_outputs():
+    return [
+        rules.validate_data.output.clean,
+        rules.validate_data.output.summary_json,
+        rules.validate_data.output.summary_md,
+    ]

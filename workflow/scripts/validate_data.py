@@ -1,0 +1,27 @@
+"""Glue: rule validate_data -> ketamine_pmx.data (clean table + data summary)."""
+
+import sys
+
+from ketamine_pmx.config import validate_config
+from ketamine_pmx.data import DataValidationError, load_dataset, write_outputs
+
+log = open(snakemake.log[0], "w", buffering=1)  # noqa: F821, SIM115
+sys.stderr = log
+
+config = validate_config(dict(snakemake.params.config), source="snakemake config")  # noqa: F821
+try:
+    validated = load_dataset(snakemake.input.data, config["data"])  # noqa: F821
+except DataValidationError as exc:
+    # Shown in the log and on the terminal; nothing downstream runs on this dataset.
+    print(str(exc), file=log)
+    print(str(exc), file=sys.__stderr__)
+    sys.exit(1)
+for warning in validated.warnings:
+    print("warning: " + warning.format(validated.source), file=log)
+summary = write_outputs(
+    validated,
+    snakemake.output.clean,  # noqa: F821
+    snakemake.output.summary_json,  # noqa: F821
+    snakemake.output.summary_md,  # noqa: F821
+)
+print(f"valid: {summary['subjects']} subjects, {summary['observation_rows']} observations", file=log)
