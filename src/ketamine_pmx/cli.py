@@ -31,7 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser("simulate", help="simulate the virtual ketamine trial")
-    sim.add_argument("--config", type=Path, default=None, help="run config (YAML); defaults if omitted")
+    sim.add_argument(
+        "--config", type=Path, default=None, help="run config (YAML); defaults if omitted"
+    )
     sim.add_argument("--out", type=Path, required=True, help="output directory")
     sim.add_argument("--seed", type=int, default=None, help="override seeds.simulate")
 

@@ -56,7 +56,9 @@ def validate_config(config: dict[str, Any], source: str = "<config>") -> dict[st
     if config is None:
         config = {}
     if not isinstance(config, dict):
-        raise ConfigError(f"{source}: the configuration must be a mapping, got {type(config).__name__}")
+        raise ConfigError(
+            f"{source}: the configuration must be a mapping, got {type(config).__name__}"
+        )
     filled = copy.deepcopy(config)
     validator = _Validator(load_schema())
     errors = sorted(validator.iter_errors(filled), key=lambda e: list(map(str, e.absolute_path)))
@@ -91,7 +93,9 @@ def _check_semantics(config: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: invalid configuration:\n  - " + "\n  - ".join(problems))
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Read a YAML config (or start from the defaults), merge ``overrides``, validate."""
     config: dict[str, Any] = {}
     source = "<defaults>"
@@ -119,3 +123,58 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def schema_markdown() -> str:
+    """Every configuration key with its type, default and description, as Markdown.
+
+    ``config/README.md`` is this text; a test keeps the two identical.
+    """
+    schema = load_schema()
+    lines = [
+        "# Configuration keys",
+        "",
+        "Generated from `workflow/schemas/config.schema.yaml` by "
+        "`python -m ketamine_pmx.config > config/README.md`; a test keeps it in step with the schema.",
+        "Keys left out of a config file take the default shown. `config.yaml` is the default "
+        "(real-sized) run, `smoke.yaml` a seconds-long run for tests.",
+        "",
+        "| key | type | default | description |",
+        "|---|---|---|---|",
+    ]
+
+    def resolve(node: dict[str, Any]) -> dict[str, Any]:
+        ref = node.get("$ref")
+        if ref:
+            target = schema
+            for part in ref.lstrip("#/").split("/"):
+                target = target[part]
+            return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return node
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for name, sub in node.get("properties", {}).items():
+            sub = resolve(sub)
+            key = f"{prefix}{name}"
+            kind = sub.get("type", "object")
+            kind = " or ".join(kind) if isinstance(kind, list) else kind
+            if "enum" in sub:
+                kind += " (" + ", ".join(str(v) for v in sub["enum"]) + ")"
+            default = json_inline(sub.get("default", ""))
+            desc = " ".join(str(sub.get("description", "")).split())
+            lines.append(f"| `{key}` | {kind} | `{default}` | {desc} |")
+            if "properties" in sub:
+                walk(sub, key + ".")
+
+    walk(schema, "")
+    return "\n".join(lines) + "\n"
+
+
+def json_inline(value: Any) -> str:
+    import json
+
+    return json.dumps(value).replace("|", "\\|") if value != "" else ""
+
+
+if __name__ == "__main__":
+    print(schema_markdown(), end="")

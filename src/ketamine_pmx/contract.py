@@ -212,7 +212,5 @@ def unit_factor(quantity: str, unit: str) -> float:
     """
     table = UNIT_FACTORS[quantity]
     if unit not in table:
-        raise KeyError(
-            f"unknown unit {unit!r} for {quantity}; known: {', '.join(sorted(table))}"
-        )
+        raise KeyError(f"unknown unit {unit!r} for {quantity}; known: {', '.join(sorted(table))}")
     return table[unit]

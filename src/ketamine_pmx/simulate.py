@@ -45,6 +45,7 @@ D-serine and fall with lower Mg; CYP2B6 acts only through exposure.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,9 @@ def load_parameters(path: str | Path) -> dict[str, Any]:
         params = yaml.safe_load(fh)
     problems = _check_parameters(params)
     if problems:
-        raise ParameterFileError(f"{path}: invalid trial parameters:\n  - " + "\n  - ".join(problems))
+        raise ParameterFileError(
+            f"{path}: invalid trial parameters:\n  - " + "\n  - ".join(problems)
+        )
     return params
 
 
@@ -323,7 +326,9 @@ class Dose:
         return self.time + (self.amt / self.rate if self.rate > 0 else 0.0)
 
 
-def build_regimen(regimen: dict[str, Any], weight_kg: float, n_days: int | None = None) -> list[Dose]:
+def build_regimen(
+    regimen: dict[str, Any], weight_kg: float, n_days: int | None = None
+) -> list[Dose]:
     """The dose events of one patient under an arm's regimen."""
     kind = regimen["type"]
     target = regimen["formulation"]
@@ -335,7 +340,9 @@ def build_regimen(regimen: dict[str, Any], weight_kg: float, n_days: int | None 
     for d in range(days):
         rate = min(regimen["max_rate_mg_h"], regimen["start_rate_mg_h"] + regimen["step_mg_h"] * d)
         if kind == "daily_titrated":
-            doses.append(Dose(d * regimen["interval_h"], rate * regimen["hours_per_day"], rate, target))
+            doses.append(
+                Dose(d * regimen["interval_h"], rate * regimen["hours_per_day"], rate, target)
+            )
         elif kind == "continuous_titrated":
             doses.append(Dose(d * 24.0, rate * 24.0, rate, target))
         else:  # guarded by _check_parameters
@@ -362,7 +369,9 @@ def sampling_times(arm: dict[str, Any], doses: list[Dose], rng: np.random.Genera
         if day > len(doses):
             continue
         dose = doses[day - 1]
-        after = min(float(_jitter(np.array([spec["after_start_h"]]), sd, rng)[0]), dose.end - dose.time)
+        after = min(
+            float(_jitter(np.array([spec["after_start_h"]]), sd, rng)[0]), dose.end - dose.time
+        )
         times.append(dose.time + after)
     return np.sort(np.unique(np.round(times, 4)))
 
@@ -463,7 +472,7 @@ def integrate_pk(
         breaks.append(t_final)
     state = np.zeros(n_amt + n_an)
     out = np.full((len(times), n_amt + n_an), np.nan)
-    for lo, hi in zip(breaks[:-1], breaks[1:], strict=True):
+    for lo, hi in itertools.pairwise(breaks):
         inflow = np.zeros(n_amt + n_an)
         for d in doses:
             for k, e in enumerate(ENANTIOMERS):
@@ -598,9 +607,7 @@ class SimulatedTrial:
 def reference_exposure(params: dict[str, Any], rtol: float, atol: float) -> dict[str, float]:
     """AUC of total HNK to the primary endpoint for a typical patient, per indication."""
     pk = params["pk"]
-    typical = pd.DataFrame(
-        {"ID": [1], "WT": [pk["reference_weight_kg"]], "CYP2B6_CLASS": ["NM"]}
-    )
+    typical = pd.DataFrame({"ID": [1], "WT": [pk["reference_weight_kg"]], "CYP2B6_CLASS": ["NM"]})
     zero = json.loads(json.dumps(params))
     zero["pk"]["omega"] = {k: 0.0 for k in pk["omega"]}
     ind_pk = draw_pk_parameters(zero, typical, np.random.default_rng(0)).iloc[0].to_dict()
@@ -610,7 +617,9 @@ def reference_exposure(params: dict[str, Any], rtol: float, atol: float) -> dict
         arm = params["arms"][arm_name]
         doses = build_regimen(arm["regimen"], pk["reference_weight_kg"])
         _, primary = visit_times(arm, doses)
-        sol = integrate_pk(ind_pk, doses, np.array([primary]), params["molar_mass_g_mol"], rtol, atol)
+        sol = integrate_pk(
+            ind_pk, doses, np.array([primary]), params["molar_mass_g_mol"], rtol, atol
+        )
         out[ind] = float(sol.auc[0, hnk_cols].sum())
     return out
 
@@ -663,22 +672,44 @@ def simulate_trial(config: dict[str, Any]) -> SimulatedTrial:
         auc_primary = sol.auc[at[float(t_primary)]]
         cmax = sol.conc.max(axis=0)
 
-        covs = {k: subj[k] for k in ("WT", "AGE", "SEX", "CYP2B6", "DSER", "MG", "INDICATION", "STUDY", "ARM")}
+        covs = {
+            k: subj[k]
+            for k in ("WT", "AGE", "SEX", "CYP2B6", "DSER", "MG", "INDICATION", "STUDY", "ARM")
+        }
         endpoint = ENDPOINT_OF_INDICATION[subj["INDICATION"]]
         score_spec = params["response"]["scores"][endpoint]
         base_rows = {"ID": int(subj["ID"])}
         # Baseline score first (TIME 0, before the first dose), then doses, then the rest in time order.
         for d in doses:
             rows.append(
-                {**base_rows, "TIME": d.time, "EVID": EVID_DOSE, "AMT": d.amt, "RATE": d.rate,
-                 "CMT": dose_code[d.target], "ANALYTE": d.target, "MDV": 1, "BLQ": 0, **covs}
+                {
+                    **base_rows,
+                    "TIME": d.time,
+                    "EVID": EVID_DOSE,
+                    "AMT": d.amt,
+                    "RATE": d.rate,
+                    "CMT": dose_code[d.target],
+                    "ANALYTE": d.target,
+                    "MDV": 1,
+                    "BLQ": 0,
+                    **covs,
+                }
             )
         for j, t in enumerate(t_pk):
             for k, analyte in enumerate(PK_ANALYTES):
                 rows.append(
-                    {**base_rows, "TIME": float(t), "EVID": EVID_OBSERVATION, "ANALYTE": analyte,
-                     obs_code_col: obs_code[analyte], "DV": dv[j, k], "MDV": 0,
-                     "LLOQ": lloq[j, k], "BLQ": int(blq[j, k]), **covs}
+                    {
+                        **base_rows,
+                        "TIME": float(t),
+                        "EVID": EVID_OBSERVATION,
+                        "ANALYTE": analyte,
+                        obs_code_col: obs_code[analyte],
+                        "DV": dv[j, k],
+                        "MDV": 0,
+                        "LLOQ": lloq[j, k],
+                        "BLQ": int(blq[j, k]),
+                        **covs,
+                    }
                 )
         truth_rows.append(
             {
@@ -743,9 +774,17 @@ def simulate_trial(config: dict[str, Any]) -> SimulatedTrial:
             responder_obs[i] = int((base - score[primary_idx[0]]) / base >= 0.5)
         for t, y in zip(t_vis, score, strict=True):
             rows.append(
-                {"ID": int(truth.at[i, "ID"]), "TIME": float(t), "EVID": EVID_OBSERVATION,
-                 "ANALYTE": tr["_endpoint"], obs_code_col: obs_code[tr["_endpoint"]],
-                 "DV": float(y), "MDV": 0, "BLQ": 0, **tr["_covs"]}
+                {
+                    "ID": int(truth.at[i, "ID"]),
+                    "TIME": float(t),
+                    "EVID": EVID_OBSERVATION,
+                    "ANALYTE": tr["_endpoint"],
+                    obs_code_col: obs_code[tr["_endpoint"]],
+                    "DV": float(y),
+                    "MDV": 0,
+                    "BLQ": 0,
+                    **tr["_covs"],
+                }
             )
 
     truth = truth.drop(columns=[c for c in truth.columns if c.startswith("_")])
@@ -776,12 +815,14 @@ def simulate_trial(config: dict[str, Any]) -> SimulatedTrial:
             "b_dser_per_um": params["response"]["b_dser_per_um"],
             "b_mg_per_0p1_mmol_l": params["response"]["b_mg_per_0p1_mmol_l"],
             "intercept_logit": params["response"]["intercept"],
-            "intercept_probability": {k: float(expit(v)) for k, v in params["response"]["intercept"].items()},
+            "intercept_probability": {
+                k: float(expit(v)) for k, v in params["response"]["intercept"].items()
+            },
         },
     }
     population["response_by_arm"] = {
         arm: {
-            "subjects": int(len(g)),
+            "subjects": len(g),
             "responder_rate_observed": round(float(g["RESPONDER"].mean()), 4),
             "mean_true_p_response": round(float(g["P_RESPONSE"].mean()), 4),
         }
@@ -804,7 +845,10 @@ def trial_summary(trial: SimulatedTrial) -> str:
             f"(mean true P(response) {100 * v['mean_true_p_response']:.1f}%)"
         )
     per_analyte = obs.groupby("ANALYTE")["BLQ"].agg(["size", "mean"])
-    lines += [f"  {a}: {int(r['size'])} observations, {100 * r['mean']:.1f}% BLQ" for a, r in per_analyte.iterrows()]
+    lines += [
+        f"  {a}: {int(r['size'])} observations, {100 * r['mean']:.1f}% BLQ"
+        for a, r in per_analyte.iterrows()
+    ]
     return "\n".join(lines)
 
 

@@ -3,7 +3,6 @@ import os
 
 from snakemake.utils import validate
 
-
 validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = config["results_dir"]

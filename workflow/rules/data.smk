@@ -13,12 +13,12 @@ rule simulate_trial:
         f"{RESULTS}/logs/simulate_trial.log",
     benchmark:
         f"{RESULTS}/benchmarks/simulate_trial.tsv"
-    params:
-        config=config,
     threads: rule_resources("simulate_trial").get("threads", 1)
     resources:
         mem_mb=rule_resources("simulate_trial").get("mem_mb", 2000),
         runtime=rule_resources("simulate_trial").get("runtime", 30),
+    params:
+        config=config,
     script:
         "../scripts/simulate_trial.py"
 
@@ -36,11 +36,11 @@ rule validate_data:
         ),
     log:
         f"{RESULTS}/logs/validate_data.log",
-    params:
-        config=config,
     threads: rule_resources("validate_data").get("threads", 1)
     resources:
         mem_mb=rule_resources("validate_data").get("mem_mb", 2000),
         runtime=rule_resources("validate_data").get("runtime", 10),
+    params:
+        config=config,
     script:
         "../scripts/validate_data.py"

@@ -5,12 +5,12 @@ import sys
 from ketamine_pmx.config import validate_config
 from ketamine_pmx.data import DataValidationError, load_dataset, write_outputs
 
-log = open(snakemake.log[0], "w", buffering=1)  # noqa: F821, SIM115
+log = open(snakemake.log[0], "w", buffering=1)
 sys.stderr = log
 
-config = validate_config(dict(snakemake.params.config), source="snakemake config")  # noqa: F821
+config = validate_config(dict(snakemake.params.config), source="snakemake config")
 try:
-    validated = load_dataset(snakemake.input.data, config["data"])  # noqa: F821
+    validated = load_dataset(snakemake.input.data, config["data"])
 except DataValidationError as exc:
     # Shown in the log and on the terminal; nothing downstream runs on this dataset.
     print(str(exc), file=log)
@@ -20,8 +20,10 @@ for warning in validated.warnings:
     print("warning: " + warning.format(validated.source), file=log)
 summary = write_outputs(
     validated,
-    snakemake.output.clean,  # noqa: F821
-    snakemake.output.summary_json,  # noqa: F821
-    snakemake.output.summary_md,  # noqa: F821
+    snakemake.output.clean,
+    snakemake.output.summary_json,
+    snakemake.output.summary_md,
 )
-print(f"valid: {summary['subjects']} subjects, {summary['observation_rows']} observations", file=log)
+print(
+    f"valid: {summary['subjects']} subjects, {summary['observation_rows']} observations", file=log
+)

@@ -1,0 +1,92 @@
+"""Configuration: schema validation, defaults, and agreement with Snakemake's validate()."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from conftest import REPO
+from snakemake.utils import validate as snakemake_validate
+
+from ketamine_pmx.config import ConfigError, deep_merge, load_config, schema_path, validate_config
+
+
+def test_shipped_configs_validate():
+    default = load_config(REPO / "config" / "config.yaml")
+    smoke = load_config(REPO / "config" / "smoke.yaml")
+    assert default["simulation"]["arms"] == {"MDD": 120, "CRPS_OUT": 60, "CRPS_IN": 30}
+    assert sum(smoke["simulation"]["arms"].values()) < 20
+    assert smoke["seeds"]["simulate"] != default["seeds"]["simulate"]
+
+
+def test_defaults_fill_nested_sections():
+    cfg = validate_config({})
+    assert cfg["data"]["blq"]["method"] == "M3"
+    assert cfg["data"]["plausibility"]["WT"] == {"min": 20, "max": 300, "action": "error"}
+    assert cfg["data"]["codes"]["dose_cmt"]["1"] == "KET"
+    assert cfg["simulation"]["ode"]["rtol"] == 1e-8
+
+
+def test_setting_one_plausibility_range_keeps_the_others():
+    cfg = validate_config({"data": {"plausibility": {"WT": {"min": 30, "max": 200}}}})
+    assert cfg["data"]["plausibility"]["WT"]["min"] == 30
+    assert cfg["data"]["plausibility"]["MG"]["max"] == 3.0
+
+
+def test_snakemake_validate_fills_the_same_defaults():
+    with open(REPO / "config" / "smoke.yaml") as fh:
+        raw = yaml.safe_load(fh)
+    ours = validate_config(copy.deepcopy(raw))
+    theirs = copy.deepcopy(raw)
+    snakemake_validate(theirs, str(REPO / "workflow" / "schemas" / "config.schema.yaml"))
+    assert theirs == ours
+
+
+def test_workflow_schema_is_the_packaged_schema():
+    assert (
+        REPO / "workflow" / "schemas" / "config.schema.yaml"
+    ).resolve() == schema_path().resolve()
+
+
+@pytest.mark.parametrize(
+    ("config", "fragment"),
+    [
+        ({"simulation": {"arms": {"MDD": -1}}}, "simulation.arms.MDD"),
+        ({"data": {"blq": {"method": "M4"}}}, "data.blq.method"),
+        ({"seeds": {"simulate": "abc"}}, "seeds.simulate"),
+        ({"smaple": 1}, "Additional properties"),
+        ({"data": {"plausibility": {"WT": {"min": 300, "max": 20}}}}, "min 300 > max 20"),
+        ({"data": {"codes": {"dose_cmt": {"x": "KET"}}}}, "data.codes.dose_cmt"),
+        ({"simulation": {"population_mix": {"european": 0}}}, "population_mix"),
+    ],
+)
+def test_invalid_config_names_the_key(config, fragment):
+    with pytest.raises(ConfigError) as err:
+        validate_config(config, source="my.yaml")
+    assert "my.yaml" in str(err.value)
+    assert fragment in str(err.value)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_deep_merge_does_not_touch_inputs():
+    base = {"a": {"b": 1, "c": 2}}
+    out = deep_merge(base, {"a": {"b": 5}})
+    assert out == {"a": {"b": 5, "c": 2}}
+    assert base == {"a": {"b": 1, "c": 2}}
+
+
+def test_config_readme_documents_every_key():
+    from ketamine_pmx.config import schema_markdown
+
+    text = (REPO / "config" / "README.md").read_text()
+    assert text == schema_markdown(), "regenerate: python -m ketamine_pmx.config > config/README.md"
+    assert "`data.blq.method`" in text and "`simulation.truth.dser_effect`" in text

@@ -1,0 +1,133 @@
+"""End to end: the Snakemake DAG and the CLI on smoke-sized runs in temporary directories."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO
+
+from ketamine_pmx.cli import main
+
+pytestmark = pytest.mark.workflow
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+
+
+def _snakemake(workdir, *args, configfiles=("config/smoke.yaml",)):
+    cmd = [
+        *SNAKEMAKE,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+    ]
+    cmd += [
+        "--configfile",
+        *[str(REPO / c) if not str(c).startswith("/") else str(c) for c in configfiles],
+    ]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("smoke")
+    proc = _snakemake(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir / "results" / "smoke"
+
+
+def test_dry_run_shows_the_dag(tmp_path):
+    proc = _snakemake(tmp_path, "-n")
+    assert proc.returncode == 0, proc.stderr
+    assert "simulate_trial" in proc.stdout and "validate_data" in proc.stdout
+
+
+def test_smoke_run_writes_the_validated_dataset_and_summary(smoke_run):
+    clean = pd.read_csv(smoke_run / "data" / "clean.csv", na_values=["."])
+    summary = json.loads((smoke_run / "data" / "summary.json").read_text())
+    assert summary["subjects"] == 9 == clean["ID"].nunique()
+    assert set(summary["groups"]) == {"MDD", "CRPS_OUT", "CRPS_IN"}
+    assert 0 < summary["blq_share_concentrations"] < 0.5
+    assert "BLQ share" in (smoke_run / "data" / "summary.md").read_text()
+    assert (smoke_run / "logs" / "simulate_trial.log").read_text().startswith("simulated trial")
+    assert (smoke_run / "benchmarks" / "simulate_trial.tsv").exists()
+
+
+def test_smoke_run_is_reproducible(smoke_run, tmp_path):
+    proc = _snakemake(tmp_path, "--until", "simulate_trial")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    again = tmp_path / "results" / "smoke" / "simulated" / "trial.csv"
+    assert again.read_bytes() == (smoke_run / "simulated" / "trial.csv").read_bytes()
+
+
+def test_user_dataset_replaces_the_simulated_trial(smoke_run, tmp_path):
+    user = tmp_path / "my_study.csv"
+    shutil.copy(smoke_run / "simulated" / "trial.csv", user)
+    before = user.read_bytes()
+    extra = tmp_path / "user.yaml"
+    extra.write_text(yaml.safe_dump({"data": {"path": str(user)}}))
+    proc = _snakemake(tmp_path, configfiles=("config/smoke.yaml", extra))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not (tmp_path / "results" / "smoke" / "simulated").exists()  # nothing simulated
+    summary = json.loads((tmp_path / "results" / "smoke" / "data" / "summary.json").read_text())
+    assert summary["source"] == str(user)
+    assert user.read_bytes() == before  # inputs are never modified
+
+
+def test_malformed_user_dataset_stops_the_run_with_located_messages(smoke_run, tmp_path):
+    frame = pd.read_csv(smoke_run / "simulated" / "trial.csv", dtype=str, keep_default_na=False)
+    frame.loc[4, "TIME"] = "-1"
+    frame.loc[9, "WT"] = "400"
+    user = tmp_path / "bad.csv"
+    frame.to_csv(user, index=False)
+    extra = tmp_path / "user.yaml"
+    extra.write_text(yaml.safe_dump({"data": {"path": str(user)}}))
+    proc = _snakemake(tmp_path, configfiles=("config/smoke.yaml", extra))
+    assert proc.returncode != 0
+    log = (tmp_path / "results" / "smoke" / "logs" / "validate_data.log").read_text()
+    assert "line 6, column TIME" in log and "[time-invalid]" in log
+    assert "column WT" in log and "[covariate-range]" in log
+    assert not (tmp_path / "results" / "smoke" / "data" / "clean.csv").exists()
+
+
+def test_invalid_config_fails_before_any_job(tmp_path):
+    extra = tmp_path / "bad.yaml"
+    extra.write_text(yaml.safe_dump({"simulation": {"arms": {"MDD": -3}}}))
+    proc = _snakemake(tmp_path, "-n", configfiles=("config/smoke.yaml", extra))
+    assert proc.returncode != 0
+    assert "simulation" in proc.stdout + proc.stderr and "-3" in proc.stdout + proc.stderr
+
+
+def test_cli_simulate_and_validate(tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    raw = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
+    raw["simulation"]["parameters"] = str(REPO / "data" / "truth" / "ketamine_virtual_trial.yaml")
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["simulate", "--config", str(cfg), "--out", str(tmp_path / "sim")]) == 0
+    out = capsys.readouterr().out
+    assert "9 subjects" in out and "responders" in out
+    data = tmp_path / "sim" / "trial.csv"
+    assert main(["validate", str(data), "--config", str(cfg), "--out", str(tmp_path / "val")]) == 0
+    assert "valid (9 subjects" in capsys.readouterr().out
+    assert (tmp_path / "val" / "clean.csv").exists()
+
+
+def test_cli_refuses_a_bad_config_with_exit_2(tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("simulation: {arms: {MDD: many}}\n")
+    assert main(["simulate", "--config", str(cfg), "--out", str(tmp_path / "x")]) == 2
+    assert "simulation.arms.MDD" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_console_script_is_installed():
+    exe = shutil.which("ketamine-pmx") or str(REPO / ".venv" / "bin" / "ketamine-pmx")
+    proc = subprocess.run([exe, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "simulate" in proc.stdout and "validate" in proc.stdout
