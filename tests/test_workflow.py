@@ -56,6 +56,7 @@ def test_smoke_run_writes_the_validated_dataset_and_summary(smoke_run):
     assert set(summary["groups"]) == {"MDD", "CRPS_OUT", "CRPS_IN"}
     assert 0 < summary["blq_share_concentrations"] < 0.5
     assert "BLQ share" in (smoke_run / "data" / "summary.md").read_text()
+    assert (smoke_run / "data" / "overview.png").read_bytes()[:4] == b"\x89PNG"
     assert (smoke_run / "logs" / "simulate_trial.log").read_text().startswith("simulated trial")
     assert (smoke_run / "benchmarks" / "simulate_trial.tsv").exists()
 

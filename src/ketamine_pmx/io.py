@@ -60,3 +60,10 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def write_figure(target: str | Path, fig, dpi: int = 120) -> None:
+    """Save a matplotlib Figure atomically (format from the target's suffix)."""
+    target = Path(target)
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=target.suffix.lstrip(".") or "png")

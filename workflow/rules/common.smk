@@ -32,4 +32,5 @@ def get_final_outputs():
         rules.validate_data.output.clean,
         rules.validate_data.output.summary_json,
         rules.validate_data.output.summary_md,
+        rules.validate_data.output.overview,
     ]

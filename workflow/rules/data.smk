@@ -34,6 +34,11 @@ rule validate_data:
             caption="../report/data_summary.rst",
             category="1. Data",
         ),
+        overview=report(
+            f"{RESULTS}/data/overview.png",
+            caption="../report/data_overview.rst",
+            category="1. Data",
+        ),
     log:
         f"{RESULTS}/logs/validate_data.log",
     threads: rule_resources("validate_data").get("threads", 1)

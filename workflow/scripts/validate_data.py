@@ -4,6 +4,8 @@ import sys
 
 from ketamine_pmx.config import validate_config
 from ketamine_pmx.data import DataValidationError, load_dataset, write_outputs
+from ketamine_pmx.io import write_figure
+from ketamine_pmx.plots import data_overview
 
 log = open(snakemake.log[0], "w", buffering=1)
 sys.stderr = log

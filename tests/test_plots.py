@@ -1,0 +1,22 @@
+"""Figures are built from computed tables and return a Figure (nothing is shown or written)."""
+
+from __future__ import annotations
+
+from conftest import make_config
+from matplotlib.figure import Figure
+
+from ketamine_pmx.data import validate_frame
+from ketamine_pmx.plots import data_overview
+from ketamine_pmx.simulate import simulate_trial
+
+
+def test_data_overview_has_a_panel_per_group_and_analyte(tmp_path):
+    cfg = make_config(arms={"MDD": 2, "CRPS_OUT": 1, "CRPS_IN": 1})
+    trial = simulate_trial(cfg)
+    raw = trial.data.astype(str).replace({"nan": ".", "<NA>": "."})
+    table = validate_frame(raw, cfg["data"], "sim").table
+    fig = data_overview(table)
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 3 * 7  # 3 arms x (6 analytes + scores)
+    assert fig.axes[0].get_yscale() == "log"
+    fig.savefig(tmp_path / "x.png")
