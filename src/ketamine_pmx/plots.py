@@ -43,7 +43,14 @@ def data_overview(table: pd.DataFrame, max_subjects_per_group: int = 60) -> Figu
             blq = a[a["BLQ"] == 1]
             ax.scatter(quant["TIME"], quant["DV"], s=6, color="C0", label="observed")
             if len(blq):
-                ax.scatter(blq["TIME"], blq["DV"], s=10, facecolors="none", edgecolors="C3", label="BLQ (at LLOQ)")
+                ax.scatter(
+                    blq["TIME"],
+                    blq["DV"],
+                    s=10,
+                    facecolors="none",
+                    edgecolors="C3",
+                    label="BLQ (at LLOQ)",
+                )
             if (quant["DV"] > 0).any():
                 ax.set_yscale("log")
             _time_axis(ax, a["TIME"])
@@ -59,7 +66,13 @@ def data_overview(table: pd.DataFrame, max_subjects_per_group: int = 60) -> Figu
                     ax.plot(s["TIME"] / 24.0, s["DV"], color="C2", lw=0.6, alpha=0.5)
                 if len(e):
                     med = e.groupby("TIME")["DV"].median()
-                    ax.plot(med.index / 24.0, med.to_numpy(), color="k", lw=1.5, label=f"median {endpoint}")
+                    ax.plot(
+                        med.index / 24.0,
+                        med.to_numpy(),
+                        color="k",
+                        lw=1.5,
+                        label=f"median {endpoint}",
+                    )
             ax.set_xlabel("days", fontsize=8)
             ax.set_ylim(bottom=0)
             if r == 0:

@@ -26,6 +26,7 @@ summary = write_outputs(
     snakemake.output.summary_json,
     snakemake.output.summary_md,
 )
+write_figure(snakemake.output.overview, data_overview(validated.table))
 print(
     f"valid: {summary['subjects']} subjects, {summary['observation_rows']} observations", file=log
 )
