@@ -9,6 +9,7 @@ YAML is always read with ``yaml.safe_load``; no config string is ever evaluated.
 from __future__ import annotations
 
 import copy
+import functools
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,15 @@ class ConfigError(ValueError):
     """A configuration file that cannot be used; the message names the file and key."""
 
 
-def schema_path() -> Path:
-    """Path of the packaged configuration schema."""
-    return Path(str(resources.files("ketamine_pmx") / "schemas" / "config.schema.yaml"))
+def schema_path(name: str = "config") -> Path:
+    """Path of a packaged schema (``config`` or ``pk_model``)."""
+    return Path(str(resources.files("ketamine_pmx") / "schemas" / f"{name}.schema.yaml"))
 
 
-def load_schema() -> dict[str, Any]:
-    with open(schema_path(), encoding="utf-8") as fh:
+@functools.cache
+def load_schema(name: str = "config") -> dict[str, Any]:
+    """A packaged schema, read once per process (callers must not modify it)."""
+    with open(schema_path(name), encoding="utf-8") as fh:
         return yaml.safe_load(fh)
 
 
@@ -59,16 +62,24 @@ def validate_config(config: dict[str, Any], source: str = "<config>") -> dict[st
         raise ConfigError(
             f"{source}: the configuration must be a mapping, got {type(config).__name__}"
         )
-    filled = copy.deepcopy(config)
-    validator = _Validator(load_schema())
+    filled = validate_with_schema(config, load_schema("config"), source, "configuration")
+    _check_semantics(filled, source)
+    return filled
+
+
+def validate_with_schema(
+    instance: dict[str, Any], schema: dict[str, Any], source: str, what: str
+) -> dict[str, Any]:
+    """A copy of ``instance`` with defaults filled in; every violation reported with its key."""
+    filled = copy.deepcopy(instance)
+    validator = _Validator(schema)
     errors = sorted(validator.iter_errors(filled), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
-        lines = [f"{source}: invalid configuration ({len(errors)} problem(s)):"]
+        lines = [f"{source}: invalid {what} ({len(errors)} problem(s)):"]
         for err in errors:
             key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
             lines.append(f"  - {key}: {err.message}")
         raise ConfigError("\n".join(lines))
-    _check_semantics(filled, source)
     return filled
 
 

@@ -141,7 +141,12 @@ def read_raw(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataValidationError(str(path), [Problem("file-readable", "file not found")])
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataValidationError(
+            str(path), [Problem("file-readable", f"not a UTF-8 text file: {exc}")]
+        ) from exc
     if not text.strip():
         raise DataValidationError(str(path), [Problem("file-readable", "the file is empty")])
     header = next(iter(pd.read_csv(io.StringIO(text), nrows=0, dtype=str).columns), None)
@@ -151,16 +156,28 @@ def read_raw(path: str | Path) -> pd.DataFrame:
     if dupes:
         raise DataValidationError(
             str(path),
-            [Problem("column-duplicate", f"column(s) {dupes} appear more than once in the header", lines=(1,))],
+            [
+                Problem(
+                    "column-duplicate",
+                    f"column {d!r} appears {names.count(d)} times in the header",
+                    column=d,
+                    lines=(1,),
+                )
+                for d in dupes
+            ],
         )
     try:
         frame = pd.read_csv(
             io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True
         )
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataValidationError(str(path), [Problem("file-readable", f"not a readable CSV: {exc}")]) from exc
+        raise DataValidationError(
+            str(path), [Problem("file-readable", f"not a readable CSV: {exc}")]
+        ) from exc
     if header is None or frame.empty:
-        raise DataValidationError(str(path), [Problem("file-readable", "the file has no data rows")])
+        raise DataValidationError(
+            str(path), [Problem("file-readable", "the file has no data rows")]
+        )
     frame.columns = [c.strip() for c in frame.columns]
     return frame.apply(lambda col: col.str.strip())
 
@@ -184,10 +201,11 @@ def validate_frame(raw: pd.DataFrame, data_config: dict[str, Any], source: str) 
     if _has_errors(problems):
         raise DataValidationError(source, problems)
     frame = _parse_numbers(frame, problems)
+    analyte_in_file = "ANALYTE" in frame.columns
     frame = _map_codes(frame, data_config, problems)
     frame = _convert_units(frame, data_config["units"])
     problems += _schema_problems(frame, data_config)
-    problems += _relational_problems(frame, data_config)
+    problems += _relational_problems(frame, data_config, analyte_in_file)
     if _has_errors(problems):
         raise DataValidationError(source, problems)
     table, notes, more = _finalise(frame, data_config)
@@ -199,7 +217,9 @@ def _has_errors(problems: list[Problem]) -> bool:
     return any(p.severity == "error" for p in problems)
 
 
-def _apply_column_map(raw: pd.DataFrame, cfg: dict[str, Any], problems: list[Problem]) -> pd.DataFrame:
+def _apply_column_map(
+    raw: pd.DataFrame, cfg: dict[str, Any], problems: list[Problem]
+) -> pd.DataFrame:
     mapping = cfg["columns"]
     rename = {}
     for canonical, user in mapping.items():
@@ -220,7 +240,9 @@ def _apply_column_map(raw: pd.DataFrame, cfg: dict[str, Any], problems: list[Pro
     required = list(CORE_COLUMNS) + list(cfg["required_covariates"])
     missing = [c for c in required if c not in frame.columns]
     obs_col = cfg["codes"]["observation_code_column"]
-    if "ANALYTE" not in frame.columns and (obs_col not in frame.columns or "CMT" not in frame.columns):
+    if "ANALYTE" not in frame.columns and (
+        obs_col not in frame.columns or "CMT" not in frame.columns
+    ):
         need = sorted({obs_col, "CMT"} - set(frame.columns))
         missing.append(f"ANALYTE (or {' and '.join(need)} codes)")
     for col in missing:
@@ -228,39 +250,52 @@ def _apply_column_map(raw: pd.DataFrame, cfg: dict[str, Any], problems: list[Pro
         close = difflib.get_close_matches(base, unrecognised, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}? (map it in config data.columns)" if close else ""
         problems.append(
-            Problem("column-required", f"required column {col} is missing{hint}", column=base, lines=(1,))
+            Problem(
+                "column-required",
+                f"required column {col} is missing{hint}",
+                column=base,
+                lines=(1,),
+            )
         )
     return frame
 
 
 def _parse_numbers(frame: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
     out = frame.copy()
-    for col in NUMERIC_COLUMNS + ("CMT", "DVID"):
+    for col in (*NUMERIC_COLUMNS, "CMT", "DVID"):
         if col not in out.columns or col == "ID":
             continue
         text = out[col]
         missing = text.isin(_MISSING)
         values = pd.to_numeric(text.where(~missing), errors="coerce")
-        bad = values.isna() & ~missing
+        bad = (values.isna() | np.isinf(values)) & ~missing  # 'inf' parses but is no number
         if bad.any():
             examples = ", ".join(repr(v) for v in text[bad].unique()[:3])
             problems.append(
-                Problem("column-numeric", f"non-numeric value(s) {examples}", column=col, lines=_lines(out.index[bad]))
+                Problem(
+                    "column-numeric",
+                    f"non-numeric value(s) {examples}",
+                    column=col,
+                    lines=_lines(out.index[bad]),
+                )
             )
         out[col] = values.astype(float)
     ids = out["ID"]
     missing_id = ids.isin(_MISSING)
     if missing_id.any():
-        problems.append(Problem("id-missing", "ID is missing", column="ID", lines=_lines(out.index[missing_id])))
+        problems.append(
+            Problem("id-missing", "ID is missing", column="ID", lines=_lines(out.index[missing_id]))
+        )
     numeric_ids = pd.to_numeric(ids.where(~missing_id), errors="coerce")
     if numeric_ids[~missing_id].notna().all():
         # NONMEM-style numeric IDs become integers where they are whole numbers.
         out["ID"] = [
-            None if pd.isna(v) else (int(v) if float(v).is_integer() else float(v)) for v in numeric_ids
+            None if pd.isna(v) else (int(v) if float(v).is_integer() else float(v))
+            for v in numeric_ids
         ]
     else:
         out["ID"] = ids.where(~missing_id, None)
-    for col in CATEGORICAL_COVARIATES + ("ANALYTE",):
+    for col in (*CATEGORICAL_COVARIATES, "ANALYTE"):
         if col in out.columns:
             out[col] = out[col].where(~out[col].isin(_MISSING))
     return out
@@ -285,10 +320,14 @@ def _map_codes(frame: pd.DataFrame, cfg: dict[str, Any], problems: list[Problem]
     obs_col = codes["observation_code_column"]
     from_codes = pd.Series(pd.NA, index=out.index, dtype="object")
     if "CMT" in out.columns:
-        from_codes[is_dose] = out.loc[is_dose, "CMT"].map(lambda v: dose_map.get(_code_key(v), f"<CMT {_code_key(v)}>"))
+        from_codes[is_dose] = out.loc[is_dose, "CMT"].map(
+            lambda v: pd.NA if pd.isna(v) else dose_map.get(_code_key(v), f"<CMT {_code_key(v)}>")
+        )
     if obs_col in out.columns:
         from_codes[is_obs] = out.loc[is_obs, obs_col].map(
-            lambda v: obs_map.get(_code_key(v), f"<{obs_col} {_code_key(v)}>")
+            lambda v: (
+                pd.NA if pd.isna(v) else obs_map.get(_code_key(v), f"<{obs_col} {_code_key(v)}>")
+            )
         )
     if "ANALYTE" in out.columns:
         given = out["ANALYTE"].str.upper()
@@ -313,12 +352,26 @@ def _map_codes(frame: pd.DataFrame, cfg: dict[str, Any], problems: list[Problem]
 
 def _convert_units(frame: pd.DataFrame, units: dict[str, str]) -> pd.DataFrame:
     out = frame.copy()
-    for col, quantity in (("TIME", "time"), ("DUR", "time"), ("AMT", "amt"), ("RATE", "rate"), ("WT", "wt"), ("DSER", "dser"), ("MG", "mg")):
+    for col, quantity in (
+        ("TIME", "time"),
+        ("DUR", "time"),
+        ("AMT", "amt"),
+        ("RATE", "rate"),
+        ("WT", "wt"),
+        ("DSER", "dser"),
+        ("MG", "mg"),
+    ):
         if col in out.columns:
             out[col] = out[col] * unit_factor(quantity, units[quantity])
     conc_rows = out["ANALYTE"].isin(CONCENTRATION_ANALYTES) & (out["EVID"] == EVID_OBSERVATION)
     if units["conc"] == "nM":
-        mw = out["ANALYTE"].map(lambda a: MOLAR_MASS_G_MOL[ANALYTES[a].species] if a in ANALYTES and ANALYTES[a].species else np.nan)
+        mw = out["ANALYTE"].map(
+            lambda a: (
+                MOLAR_MASS_G_MOL[ANALYTES[a].species]
+                if a in ANALYTES and ANALYTES[a].species
+                else np.nan
+            )
+        )
         factor = mw / 1000.0
     else:
         factor = pd.Series(unit_factor("conc", units["conc"]), index=out.index)
@@ -347,11 +400,18 @@ def _schema(cfg: dict[str, Any], columns: Iterable[str]) -> pa.DataFrameSchema:
             nullable=True,
         ),
         "MDV": pa.Column(
-            float, c.isin([0, 1], error=_checked("mdv-invalid", "MDV must be 0 or 1")), nullable=True
+            float,
+            c.isin([0, 1], error=_checked("mdv-invalid", "MDV must be 0 or 1")),
+            nullable=True,
         ),
         "RATE": pa.Column(
             float,
-            c.ge(0, error=_checked("dose-rate", "RATE must be >= 0 (modelled rate -1/-2 is not supported)")),
+            c.ge(
+                0,
+                error=_checked(
+                    "dose-rate", "RATE must be >= 0 (modelled rate -1/-2 is not supported)"
+                ),
+            ),
             nullable=True,
             required=False,
         ),
@@ -362,7 +422,10 @@ def _schema(cfg: dict[str, Any], columns: Iterable[str]) -> pa.DataFrameSchema:
             required=False,
         ),
         "LLOQ": pa.Column(
-            float, c.ge(0, error=_checked("blq-invalid", "LLOQ must be >= 0")), nullable=True, required=False
+            float,
+            c.ge(0, error=_checked("blq-invalid", "LLOQ must be >= 0")),
+            nullable=True,
+            required=False,
         ),
         "BLQ": pa.Column(
             float,
@@ -394,13 +457,20 @@ def _schema_problems(frame: pd.DataFrame, cfg: dict[str, Any]) -> list[Problem]:
             rule, message = str(check).split("|", 1)
             values = ", ".join(str(v) for v in group["failure_case"].unique()[:3])
             out.append(
-                Problem(rule, f"{message} (found {values})", column=str(column), lines=_lines(group["index"].dropna().astype(int)))
+                Problem(
+                    rule,
+                    f"{message} (found {values})",
+                    column=str(column),
+                    lines=_lines(group["index"].dropna().astype(int)),
+                )
             )
         return out
     return []
 
 
-def _relational_problems(frame: pd.DataFrame, cfg: dict[str, Any]) -> list[Problem]:
+def _relational_problems(
+    frame: pd.DataFrame, cfg: dict[str, Any], analyte_in_file: bool = True
+) -> list[Problem]:
     """Rules across rows and columns that a column-wise schema cannot express."""
     p: list[Problem] = []
     f = frame
@@ -412,11 +482,16 @@ def _relational_problems(frame: pd.DataFrame, cfg: dict[str, Any]) -> list[Probl
 
     def add(rule: str, mask: pd.Series, message: str, column: str | None, severity: str = "error"):
         if mask.any():
-            p.append(Problem(rule, message, column=column, lines=_lines(f.index[mask]), severity=severity))
+            p.append(
+                Problem(
+                    rule, message, column=column, lines=_lines(f.index[mask]), severity=severity
+                )
+            )
 
     # EVID / TIME missing (non-numeric values are reported by column-numeric already).
     add("evid-unknown", f["EVID"].isna(), "EVID is missing", "EVID")
     add("time-invalid", f["TIME"].isna(), "TIME is missing", "TIME")
+    add("mdv-invalid", f["MDV"].isna(), "MDV is missing", "MDV")
     add("mdv-invalid", is_dose & (f["MDV"] != 1), "dose rows must have MDV 1", "MDV")
 
     # Subject order and time order.
@@ -424,44 +499,89 @@ def _relational_problems(frame: pd.DataFrame, cfg: dict[str, Any]) -> list[Probl
     new_block = ids.ne(ids.shift())
     block_of_id = new_block.cumsum().groupby(ids.astype(str)).nunique()
     split = ids.astype(str).map(block_of_id) > 1
-    add("id-contiguous", split & new_block & (f.index != f.index[0]), "rows of this subject are not contiguous: sort by ID then TIME", "ID")
+    add(
+        "id-contiguous",
+        split & new_block & (f.index != f.index[0]),
+        "rows of this subject are not contiguous: sort by ID then TIME",
+        "ID",
+    )
     same_subject = ids.eq(ids.shift())
-    add("time-order", same_subject & (f["TIME"] < f["TIME"].shift()), "TIME decreases within the subject", "TIME")
+    add(
+        "time-order",
+        same_subject & (f["TIME"] < f["TIME"].shift()),
+        "TIME decreases within the subject",
+        "TIME",
+    )
 
     # Doses.
     add("dose-amt", is_dose & ~(f["AMT"] > 0), "dose rows need a positive AMT", "AMT")
-    add("dose-target", is_dose & ~analyte.isin(list(DOSE_TARGETS)),
+    add(
+        "dose-target",
+        is_dose & ~analyte.isin(list(DOSE_TARGETS)),
         f"dose rows must deliver one of {list(DOSE_TARGETS)} (by ANALYTE or data.codes.dose_cmt); "
         f"found {sorted(set(analyte[is_dose & ~analyte.isin(list(DOSE_TARGETS))].astype(str)))[:3]}",
-        "ANALYTE" if "ANALYTE" in f else "CMT")
+        "ANALYTE" if analyte_in_file else "CMT",
+    )
     if "DUR" in f.columns and "RATE" in f.columns:
         both = is_dose & (f["RATE"] > 0) & (f["DUR"] > 0)
-        add("dose-rate", both & ~np.isclose(f["RATE"] * f["DUR"], f["AMT"], rtol=1e-3),
-            "RATE x DUR differs from AMT", "DUR")
+        add(
+            "dose-rate",
+            both & ~np.isclose(f["RATE"] * f["DUR"], f["AMT"], rtol=1e-3),
+            "RATE x DUR differs from AMT",
+            "DUR",
+        )
 
     # Observations.
     known_obs = analyte.isin(list(ANALYTES))
-    add("analyte-unknown", is_obs & ~known_obs,
+    add(
+        "analyte-unknown",
+        is_obs & ~known_obs,
         f"unknown analyte/endpoint {sorted(set(analyte[is_obs & ~known_obs].astype(str)))[:3]}; known: "
         f"{list(ANALYTES)} (map codes in config data.codes.observation)",
-        "ANALYTE" if "ANALYTE" in f else cfg["codes"]["observation_code_column"])
+        "ANALYTE" if analyte_in_file else cfg["codes"]["observation_code_column"],
+    )
     blq = f["BLQ"] if "BLQ" in f.columns else pd.Series(0.0, index=f.index)
     lloq = f["LLOQ"] if "LLOQ" in f.columns else pd.Series(np.nan, index=f.index)
     flagged = blq == 1
-    add("dv-missing", is_obs & (f["MDV"] == 0) & f["DV"].isna() & ~flagged,
-        "observation row with MDV 0 has no DV (set MDV 1, give DV, or flag BLQ)", "DV")
+    add(
+        "dv-missing",
+        is_obs & (f["MDV"] == 0) & f["DV"].isna() & ~flagged,
+        "observation row with MDV 0 has no DV (set MDV 1, give DV, or flag BLQ)",
+        "DV",
+    )
     add("dv-negative", is_conc & (f["DV"] < 0), "concentrations must be >= 0", "DV")
     score_max = analyte.map(lambda a: ANALYTES[a].score_max if a in ANALYTES else np.nan)
-    add("score-range", is_score & ((f["DV"] < 0) | (f["DV"] > score_max)),
-        "score outside its scale (MADRS 0-60, NRS 0-10)", "DV")
-    add("blq-invalid", flagged & is_obs & ~analyte.isin(CONCENTRATION_ANALYTES),
-        "BLQ is set on a row that is not a concentration", "BLQ")
-    add("blq-invalid", flagged & is_conc & lloq.isna(),
-        "BLQ row without an LLOQ: the censoring limit is unknown", "LLOQ")
-    add("blq-invalid", flagged & is_conc & (f["DV"] > lloq * (1 + 1e-9)),
-        "BLQ row with DV above its LLOQ", "DV")
-    add("blq-invalid", ~flagged & is_conc & (f["MDV"] == 0) & (f["DV"] < lloq * (1 - 1e-9)),
-        "DV below LLOQ but not flagged BLQ: it is treated as BLQ", "BLQ", severity="warning")
+    add(
+        "score-range",
+        is_score & ((f["DV"] < 0) | (f["DV"] > score_max)),
+        "score outside its scale (MADRS 0-60, NRS 0-10)",
+        "DV",
+    )
+    add(
+        "blq-invalid",
+        flagged & is_obs & ~analyte.isin(CONCENTRATION_ANALYTES),
+        "BLQ is set on a row that is not a concentration",
+        "BLQ",
+    )
+    add(
+        "blq-invalid",
+        flagged & is_conc & lloq.isna(),
+        "BLQ row without an LLOQ: the censoring limit is unknown",
+        "LLOQ",
+    )
+    add(
+        "blq-invalid",
+        flagged & is_conc & (f["DV"] > lloq * (1 + 1e-9)),
+        "BLQ row with DV above its LLOQ",
+        "DV",
+    )
+    add(
+        "blq-invalid",
+        ~flagged & is_conc & (f["MDV"] == 0) & (f["DV"] < lloq * (1 - 1e-9)),
+        "DV below LLOQ but not flagged BLQ: it is treated as BLQ",
+        "BLQ",
+        severity="warning",
+    )
 
     # Covariates.
     for col in cfg["required_covariates"]:
@@ -469,29 +589,48 @@ def _relational_problems(frame: pd.DataFrame, cfg: dict[str, Any]) -> list[Probl
             add("covariate-missing", f[col].isna(), f"{col} is missing", col)
     for col, known, label in (
         ("SEX", {**DEFAULT_SEX_MAP, **cfg["codes"]["sex"]}, "M/F"),
-        ("CYP2B6", {**DEFAULT_CYP2B6_MAP, **cfg["codes"]["cyp2b6"]}, "*1/*1, *1/*6, *6/*6, NM/IM/PM"),
+        (
+            "CYP2B6",
+            {**DEFAULT_CYP2B6_MAP, **cfg["codes"]["cyp2b6"]},
+            "*1/*1, *1/*6, *6/*6, NM/IM/PM",
+        ),
         ("INDICATION", {i: i for i in INDICATIONS}, "MDD/CRPS"),
     ):
         if col in f.columns:
-            vals = f[col].astype("string").str.upper() if col != "CYP2B6" else f[col].astype("string")
+            vals = (
+                f[col].astype("string").str.upper() if col != "CYP2B6" else f[col].astype("string")
+            )
             keys = {str(k).upper() if col != "CYP2B6" else str(k) for k in known}
             bad = f[col].notna() & ~vals.isin(keys)
-            add("covariate-value", bad, f"unknown {col} value(s) {sorted(set(f.loc[bad, col].astype(str)))[:3]} "
-                f"(expected {label}; map others in config data.codes)", col)
+            add(
+                "covariate-value",
+                bad,
+                f"unknown {col} value(s) {sorted(set(f.loc[bad, col].astype(str)))[:3]} "
+                f"(expected {label}; map others in config data.codes)",
+                col,
+            )
     for col in BASELINE_COVARIATES:
         if col in f.columns:
             first = f.groupby(ids.astype(str), sort=False)[col].transform("first")
             differs = f[col].notna() & first.notna() & (f[col] != first)
             if differs.any():
                 bad_ids = sorted(set(ids[differs].astype(str)))
-                add("covariate-constant", differs,
-                    f"{col} changes within subject(s) {bad_ids[:5]}; a baseline covariate must be constant", col)
+                add(
+                    "covariate-constant",
+                    differs,
+                    f"{col} changes within subject(s) {bad_ids[:5]}; a baseline covariate must be constant",
+                    col,
+                )
     for col, rng in cfg["plausibility"].items():
         if col in f.columns:
             out_of_range = (f[col] < rng["min"]) | (f[col] > rng["max"])
-            add("covariate-range", out_of_range,
+            add(
+                "covariate-range",
+                out_of_range,
                 f"{col} outside its plausible range [{rng['min']}, {rng['max']}] (config data.plausibility)",
-                col, severity="error" if rng.get("action", "error") == "error" else "warning")
+                col,
+                severity="error" if rng.get("action", "error") == "error" else "warning",
+            )
 
     # Records and subjects.
     key = ["ID", "TIME", "EVID", "ANALYTE", "AMT"] + (["RATE"] if "RATE" in f else [])
@@ -502,12 +641,18 @@ def _relational_problems(frame: pd.DataFrame, cfg: dict[str, Any]) -> list[Probl
     add("no-dose", is_obs & ~has_dose, "subject has observations but no dose", "EVID")
     first_dose = f["TIME"].where(is_dose).groupby(subj).transform("min")
     conc_subject_max = f["TIME"].where(is_conc).groupby(subj).transform("max")
-    add("dose-after-observations", is_dose & has_dose & (first_dose > conc_subject_max) & (f["TIME"] == first_dose),
-        "every concentration of the subject precedes its first dose", "TIME")
+    add(
+        "dose-after-observations",
+        is_dose & has_dose & (first_dose > conc_subject_max) & (f["TIME"] == first_dose),
+        "every concentration of the subject precedes its first dose",
+        "TIME",
+    )
     return p
 
 
-def _finalise(frame: pd.DataFrame, cfg: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any], list[Problem]]:
+def _finalise(
+    frame: pd.DataFrame, cfg: dict[str, Any]
+) -> tuple[pd.DataFrame, dict[str, Any], list[Problem]]:
     """Apply BLQ handling, derive RATE from DUR and CYP2B6 class; drop rows that carry nothing."""
     f = frame.copy()
     notes: dict[str, Any] = {}
@@ -526,24 +671,36 @@ def _finalise(frame: pd.DataFrame, cfg: dict[str, Any]) -> tuple[pd.DataFrame, d
         if col not in f.columns:
             f[col] = np.nan
     is_conc = is_obs & f["ANALYTE"].isin(CONCENTRATION_ANALYTES)
-    blq = is_conc & ((f["BLQ"] == 1) | (f["DV"] < f["LLOQ"]) | (f["DV"].isna() & f["LLOQ"].notna() & (f["BLQ"] == 1)))
+    blq = is_conc & (
+        (f["BLQ"] == 1)
+        | (f["DV"] < f["LLOQ"])
+        | (f["DV"].isna() & f["LLOQ"].notna() & (f["BLQ"] == 1))
+    )
     method = cfg["blq"]["method"]
     notes["blq_method"] = method
     notes["blq_rows"] = int(blq.sum())
     f["BLQ"] = 0
     if method == "M3":
-        f.loc[blq, ["DV", "BLQ", "MDV"]] = np.column_stack([f.loc[blq, "LLOQ"], np.ones(blq.sum()), np.zeros(blq.sum())])
+        f.loc[blq, ["DV", "BLQ", "MDV"]] = np.column_stack(
+            [f.loc[blq, "LLOQ"], np.ones(blq.sum()), np.zeros(blq.sum())]
+        )
     elif method == "M5":
         f.loc[blq, "DV"] = f.loc[blq, "LLOQ"] / 2.0
         f.loc[blq, "MDV"] = 0
     elif method == "M7":
         f.loc[blq, "DV"] = 0.0
         f.loc[blq, "MDV"] = 0
-    keep = ~(method == "M1") | ~blq
+    keep = ~blq if method == "M1" else pd.Series(True, index=f.index)
     notes["blq_rows_dropped_M1"] = int((~keep).sum())
     if notes["blq_rows_dropped_M1"]:
-        extra.append(Problem("blq-invalid", f"{notes['blq_rows_dropped_M1']} BLQ rows dropped (blq.method M1, as configured)",
-                             column="BLQ", severity="warning"))
+        extra.append(
+            Problem(
+                "blq-invalid",
+                f"{notes['blq_rows_dropped_M1']} BLQ rows dropped (blq.method M1, as configured)",
+                column="BLQ",
+                severity="warning",
+            )
+        )
     no_value = is_obs & (f["MDV"] == 1) & ~blq
     notes["observation_rows_mdv1_dropped"] = int(no_value.sum())
     other = f["EVID"] == EVID_OTHER
@@ -553,7 +710,10 @@ def _finalise(frame: pd.DataFrame, cfg: dict[str, Any]) -> tuple[pd.DataFrame, d
         cmap = {**DEFAULT_CYP2B6_MAP, **cfg["codes"]["cyp2b6"]}
         f["CYP2B6_CLASS"] = f["CYP2B6"].map(lambda v: cmap.get(str(v)) if pd.notna(v) else None)
     if "SEX" in f.columns:
-        smap = {**{k.upper(): v for k, v in DEFAULT_SEX_MAP.items()}, **{str(k).upper(): v for k, v in cfg["codes"]["sex"].items()}}
+        smap = {
+            **{k.upper(): v for k, v in DEFAULT_SEX_MAP.items()},
+            **{str(k).upper(): v for k, v in cfg["codes"]["sex"].items()},
+        }
         f["SEX"] = f["SEX"].map(lambda v: smap.get(str(v).upper()) if pd.notna(v) else None)
     if "INDICATION" in f.columns:
         f["INDICATION"] = f["INDICATION"].str.upper()
@@ -571,8 +731,18 @@ def _finalise(frame: pd.DataFrame, cfg: dict[str, Any]) -> tuple[pd.DataFrame, d
 # Clean table I/O and the data summary
 # --------------------------------------------------------------------------------------
 
-_CLEAN_DTYPES = {"EVID": int, "MDV": int, "BLQ": int, "ANALYTE": str, "SEX": str, "CYP2B6": str,
-                 "CYP2B6_CLASS": str, "INDICATION": str, "STUDY": str, "ARM": str}
+_CLEAN_DTYPES = {
+    "EVID": int,
+    "MDV": int,
+    "BLQ": int,
+    "ANALYTE": str,
+    "SEX": str,
+    "CYP2B6": str,
+    "CYP2B6_CLASS": str,
+    "INDICATION": str,
+    "STUDY": str,
+    "ARM": str,
+}
 
 
 def write_clean(validated: ValidatedData, path: str | Path) -> None:
@@ -593,7 +763,7 @@ def summarise(validated: ValidatedData) -> dict[str, Any]:
     doses = t[t["EVID"] == EVID_DOSE]
     per_analyte = {
         a: {
-            "observations": int(len(g)),
+            "observations": len(g),
             "subjects": int(g["ID"].nunique()),
             "blq": int(g["BLQ"].sum()),
             "blq_share": round(float(g["BLQ"].mean()), 4),
@@ -604,11 +774,20 @@ def summarise(validated: ValidatedData) -> dict[str, Any]:
     for col in ("WT", "AGE", "DSER", "MG"):
         x = subjects[col].dropna().astype(float)
         if len(x):
-            continuous[col] = {k: round(float(v), 4) for k, v in
-                               {"mean": x.mean(), "sd": x.std(ddof=1) if len(x) > 1 else 0.0, "min": x.min(),
-                                "median": x.median(), "max": x.max()}.items()}
+            continuous[col] = {
+                k: round(float(v), 4)
+                for k, v in {
+                    "mean": x.mean(),
+                    "sd": x.std(ddof=1) if len(x) > 1 else 0.0,
+                    "min": x.min(),
+                    "median": x.median(),
+                    "max": x.max(),
+                }.items()
+            }
     categorical = {
-        col: {str(k): int(v) for k, v in subjects[col].value_counts(dropna=False).sort_index().items()}
+        col: {
+            str(k): int(v) for k, v in subjects[col].value_counts(dropna=False).sort_index().items()
+        }
         for col in ("SEX", "CYP2B6_CLASS", "INDICATION", "STUDY")
         if subjects[col].notna().any()
     }
@@ -617,21 +796,26 @@ def summarise(validated: ValidatedData) -> dict[str, Any]:
         d = rows[rows["EVID"] == EVID_DOSE]
         per_group[str(g)] = {
             "subjects": int(rows["ID"].nunique()),
-            "dose_rows": int(len(d)),
-            "total_dose_mg_median": round(float(d.groupby("ID")["AMT"].sum().median()), 3) if len(d) else 0.0,
+            "dose_rows": len(d),
+            "total_dose_mg_median": round(float(d.groupby("ID")["AMT"].sum().median()), 3)
+            if len(d)
+            else 0.0,
             "max_rate_mg_h": round(float(d["RATE"].max()), 3) if len(d) else 0.0,
         }
     return {
         "source": validated.source,
-        "subjects": int(len(subjects)),
-        "rows": int(len(t)),
-        "dose_rows": int(len(doses)),
-        "observation_rows": int(len(obs)),
+        "subjects": len(subjects),
+        "rows": len(t),
+        "dose_rows": len(doses),
+        "observation_rows": len(obs),
         "grouped_by": group_col,
         "groups": per_group,
         "analytes": per_analyte,
-        "blq_share_concentrations": round(float(obs.loc[obs["ANALYTE"].isin(CONCENTRATION_ANALYTES), "BLQ"].mean()), 4)
-        if obs["ANALYTE"].isin(CONCENTRATION_ANALYTES).any() else 0.0,
+        "blq_share_concentrations": round(
+            float(obs.loc[obs["ANALYTE"].isin(CONCENTRATION_ANALYTES), "BLQ"].mean()), 4
+        )
+        if obs["ANALYTE"].isin(CONCENTRATION_ANALYTES).any()
+        else 0.0,
         "covariates_continuous": continuous,
         "covariates_categorical": categorical,
         "handling": validated.notes,
@@ -641,27 +825,59 @@ def summarise(validated: ValidatedData) -> dict[str, Any]:
 
 def summary_markdown(summary: dict[str, Any]) -> str:
     """A short human-readable data summary."""
-    out = [f"# Data summary: {summary['source']}", "",
-           f"{summary['subjects']} subjects, {summary['rows']} rows ({summary['dose_rows']} doses, "
-           f"{summary['observation_rows']} observations); BLQ share of concentrations "
-           f"{100 * summary['blq_share_concentrations']:.1f}% (method {summary['handling']['blq_method']}).", "",
-           f"## Subjects per {summary['grouped_by'].lower()}", "",
-           "| group | subjects | dose rows | median total dose (mg) | max rate (mg/h) |", "|---|---|---|---|---|"]
-    out += [f"| {g} | {v['subjects']} | {v['dose_rows']} | {v['total_dose_mg_median']} | {v['max_rate_mg_h']} |"
-            for g, v in summary["groups"].items()]
-    out += ["", "## Observations per analyte", "", "| analyte | observations | subjects | BLQ | BLQ share |", "|---|---|---|---|---|"]
-    out += [f"| {a} | {v['observations']} | {v['subjects']} | {v['blq']} | {100 * v['blq_share']:.1f}% |"
-            for a, v in summary["analytes"].items()]
-    out += ["", "## Covariates", "", "| covariate | mean | sd | min | median | max |", "|---|---|---|---|---|---|"]
-    out += [f"| {c} | {v['mean']} | {v['sd']} | {v['min']} | {v['median']} | {v['max']} |"
-            for c, v in summary["covariates_continuous"].items()]
-    out += [""] + [f"- {c}: " + ", ".join(f"{k} {n}" for k, n in v.items()) for c, v in summary["covariates_categorical"].items()]
+    out = [
+        f"# Data summary: {summary['source']}",
+        "",
+        f"{summary['subjects']} subjects, {summary['rows']} rows ({summary['dose_rows']} doses, "
+        f"{summary['observation_rows']} observations); BLQ share of concentrations "
+        f"{100 * summary['blq_share_concentrations']:.1f}% (method {summary['handling']['blq_method']}).",
+        "",
+        f"## Subjects per {summary['grouped_by'].lower()}",
+        "",
+        "| group | subjects | dose rows | median total dose (mg) | max rate (mg/h) |",
+        "|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {g} | {v['subjects']} | {v['dose_rows']} | {v['total_dose_mg_median']} | {v['max_rate_mg_h']} |"
+        for g, v in summary["groups"].items()
+    ]
+    out += [
+        "",
+        "## Observations per analyte",
+        "",
+        "| analyte | observations | subjects | BLQ | BLQ share |",
+        "|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {a} | {v['observations']} | {v['subjects']} | {v['blq']} | {100 * v['blq_share']:.1f}% |"
+        for a, v in summary["analytes"].items()
+    ]
+    out += [
+        "",
+        "## Covariates",
+        "",
+        "| covariate | mean | sd | min | median | max |",
+        "|---|---|---|---|---|---|",
+    ]
+    out += [
+        f"| {c} | {v['mean']} | {v['sd']} | {v['min']} | {v['median']} | {v['max']} |"
+        for c, v in summary["covariates_continuous"].items()
+    ]
+    out += [""] + [
+        f"- {c}: " + ", ".join(f"{k} {n}" for k, n in v.items())
+        for c, v in summary["covariates_categorical"].items()
+    ]
     if summary["warnings"]:
         out += ["", "## Warnings", ""] + [f"- {w}" for w in summary["warnings"]]
     return "\n".join(out) + "\n"
 
 
-def write_outputs(validated: ValidatedData, clean_path: str | Path, summary_json: str | Path, summary_md: str | Path) -> dict[str, Any]:
+def write_outputs(
+    validated: ValidatedData,
+    clean_path: str | Path,
+    summary_json: str | Path,
+    summary_md: str | Path,
+) -> dict[str, Any]:
     """Write the clean table and its summary (atomically)."""
     summary = summarise(validated)
     write_clean(validated, clean_path)
