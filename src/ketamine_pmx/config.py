@@ -68,7 +68,11 @@ def validate_config(config: dict[str, Any], source: str = "<config>") -> dict[st
 
 
 def validate_with_schema(
-    instance: dict[str, Any], schema: dict[str, Any], source: str, what: str
+    instance: dict[str, Any],
+    schema: dict[str, Any],
+    source: str,
+    what: str,
+    error: type[Exception] = ConfigError,
 ) -> dict[str, Any]:
     """A copy of ``instance`` with defaults filled in; every violation reported with its key."""
     filled = copy.deepcopy(instance)
@@ -79,7 +83,7 @@ def validate_with_schema(
         for err in errors:
             key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
             lines.append(f"  - {key}: {err.message}")
-        raise ConfigError("\n".join(lines))
+        raise error("\n".join(lines))
     return filled
 
 

@@ -1,0 +1,168 @@
+"""Model specifications (``models/*.yaml``): loading, validation and the parameter table.
+
+A spec is data: read with ``yaml.safe_load``, validated against the packaged JSON Schema
+(``schemas/pk_model.schema.yaml``, defaults filled in), then checked for the structural rules a
+schema cannot express (every parameter the structure needs is there, none it cannot use).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import ConfigError, load_schema, validate_with_schema
+
+ENANTIOMERS = ("S", "R")
+#: Observed analytes of each chain level, by stereo mode.
+CHAIN_ANALYTES = {
+    "enantiomers": {
+        "S": ("S_KET", "S_NK", "S_HNK"),
+        "R": ("R_KET", "R_NK", "R_HNK"),
+    },
+    "racemic": {"RAC": ("KET", "NK", "HNK")},
+}
+DEFAULT_KIND = {
+    "cl": "clearance", "cl_f": "clearance", "cl_o": "clearance", "q": "clearance", "q2": "clearance",
+    "cl_nk": "clearance", "cl_hnk": "clearance", "vc": "volume", "vp": "volume", "vp2": "volume",
+    "v_nk": "volume", "v_hnk": "volume", "ka": "rate", "f_bio": "fraction", "fm_hnk": "fraction",
+}  # fmt: skip
+
+
+class SpecError(ConfigError):
+    """A model specification that cannot be used; the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class PKSpec:
+    """A validated population PK model specification."""
+
+    name: str
+    path: str
+    spec: dict[str, Any]
+    sha256: str
+
+    @property
+    def structure(self) -> dict[str, Any]:
+        return self.spec["structure"]
+
+    @property
+    def parameters(self) -> dict[str, dict[str, Any]]:
+        return self.spec["parameters"]
+
+    @property
+    def chains(self) -> tuple[str, ...]:
+        """Chain labels: ("S", "R") for enantiomer models, ("RAC",) for racemic ones."""
+        return tuple(CHAIN_ANALYTES[self.structure["stereo"]])
+
+    @property
+    def analytes(self) -> tuple[str, ...]:
+        """Observed analytes, chain by chain, parent first."""
+        n_level = 1 + len(self.structure["metabolites"])
+        return tuple(
+            a
+            for chain in CHAIN_ANALYTES[self.structure["stereo"]].values()
+            for a in chain[:n_level]
+        )
+
+    def level_of(self, analyte: str) -> tuple[str, int]:
+        """(chain, level) of an observed analyte."""
+        for chain, names in CHAIN_ANALYTES[self.structure["stereo"]].items():
+            if analyte in names[: 1 + len(self.structure["metabolites"])]:
+                return chain, names.index(analyte)
+        raise KeyError(analyte)
+
+    def typical(self, name: str, chain: str) -> float:
+        value = self.parameters[name]["typical"]
+        return float(value[chain]) if isinstance(value, dict) else float(value)
+
+    def kind(self, name: str) -> str:
+        return self.parameters[name].get("kind", DEFAULT_KIND.get(name, "rate"))
+
+    def estimated(self) -> list[str]:
+        return [n for n, p in self.parameters.items() if not p["fixed"]]
+
+
+def required_parameters(structure: dict[str, Any]) -> set[str]:
+    """Parameters a structure needs."""
+    need = {"vc"}
+    metabolites = structure.get("metabolites", [])
+    need |= {"cl_f", "cl_o"} if metabolites else {"cl"}
+    if structure["parent_compartments"] >= 2:
+        need |= {"q", "vp"}
+    if structure["parent_compartments"] == 3:
+        need |= {"q2", "vp2"}
+    if structure.get("absorption", "none") == "first_order":
+        need |= {"ka", "f_bio"}
+    if "NK" in metabolites:
+        need |= {"cl_nk", "v_nk"}
+    if "HNK" in metabolites:
+        need |= {"cl_hnk", "v_hnk", "fm_hnk"}
+    return need
+
+
+def validate_spec(raw: Any, source: str) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: a model specification must be a mapping")
+    spec = validate_with_schema(
+        raw, load_schema("pk_model"), source, "model specification", error=SpecError
+    )
+    problems = []
+    structure = spec["structure"]
+    mets = structure["metabolites"]
+    if mets not in ([], ["NK"], ["NK", "HNK"]):
+        problems.append(
+            f"structure.metabolites: must be [], [NK] or [NK, HNK] (formed in sequence), got {mets}"
+        )
+    need = required_parameters(structure)
+    have = set(spec["parameters"])
+    for name in sorted(need - have):
+        problems.append(f"parameters.{name}: required by the structure but missing")
+    for name in sorted(have - need):
+        problems.append(f"parameters.{name}: not used by the structure")
+    stereo = structure["stereo"]
+    for name, par in spec["parameters"].items():
+        typical = par["typical"]
+        if stereo == "racemic" and isinstance(typical, dict):
+            problems.append(f"parameters.{name}.typical: a racemic model takes one number")
+        kind = par.get("kind", DEFAULT_KIND.get(name))
+        values = typical.values() if isinstance(typical, dict) else [typical]
+        if kind == "fraction" and any(not 0 < v < 1 for v in values):
+            problems.append(f"parameters.{name}.typical: a fraction must lie in (0, 1)")
+        if par.get("bsv_group") and not par.get("bsv"):
+            problems.append(f"parameters.{name}: bsv_group given but bsv is false")
+        if par["fixed"] and par["bsv"]:
+            problems.append(
+                f"parameters.{name}: a fixed parameter cannot have between-subject variability"
+            )
+    cyp = spec["covariates"].get("cyp2b6")
+    if cyp and cyp.get("parameter") not in spec["parameters"]:
+        problems.append(
+            f"covariates.cyp2b6.parameter: {cyp.get('parameter')!r} is not a parameter of the model"
+        )
+    if problems:
+        raise SpecError(f"{source}: invalid model specification:\n  - " + "\n  - ".join(problems))
+    return spec
+
+
+def load_pk_spec(path: str | Path) -> PKSpec:
+    """Read and validate a PK model specification."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: model specification not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from exc
+    spec = validate_spec(raw, str(path))
+    if spec["card"]["name"] != path.stem:
+        raise SpecError(
+            f"{path}: card.name {spec['card']['name']!r} must equal the file name {path.stem!r}"
+        )
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    return PKSpec(name=path.stem, path=str(path), spec=spec, sha256=digest)
