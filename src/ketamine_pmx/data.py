@@ -149,7 +149,6 @@ def read_raw(path: str | Path) -> pd.DataFrame:
         ) from exc
     if not text.strip():
         raise DataValidationError(str(path), [Problem("file-readable", "the file is empty")])
-    header = next(iter(pd.read_csv(io.StringIO(text), nrows=0, dtype=str).columns), None)
     raw_header = text.splitlines()[0].split(",")
     names = [h.strip().strip('"') for h in raw_header]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -174,7 +173,7 @@ def read_raw(path: str | Path) -> pd.DataFrame:
         raise DataValidationError(
             str(path), [Problem("file-readable", f"not a readable CSV: {exc}")]
         ) from exc
-    if header is None or frame.empty:
+    if frame.empty:
         raise DataValidationError(
             str(path), [Problem("file-readable", "the file has no data rows")]
         )
@@ -671,11 +670,7 @@ def _finalise(
         if col not in f.columns:
             f[col] = np.nan
     is_conc = is_obs & f["ANALYTE"].isin(CONCENTRATION_ANALYTES)
-    blq = is_conc & (
-        (f["BLQ"] == 1)
-        | (f["DV"] < f["LLOQ"])
-        | (f["DV"].isna() & f["LLOQ"].notna() & (f["BLQ"] == 1))
-    )
+    blq = is_conc & ((f["BLQ"] == 1) | (f["DV"] < f["LLOQ"]))
     method = cfg["blq"]["method"]
     notes["blq_method"] = method
     notes["blq_rows"] = int(blq.sum())
@@ -823,6 +818,12 @@ def summarise(validated: ValidatedData) -> dict[str, Any]:
     }
 
 
+def _md_table(title: str, header: list[str], rows: list[list[Any]]) -> list[str]:
+    """A titled Markdown table as lines (blank line first)."""
+    lines = ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """A short human-readable data summary."""
     out = [
@@ -831,38 +832,29 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"{summary['subjects']} subjects, {summary['rows']} rows ({summary['dose_rows']} doses, "
         f"{summary['observation_rows']} observations); BLQ share of concentrations "
         f"{100 * summary['blq_share_concentrations']:.1f}% (method {summary['handling']['blq_method']}).",
-        "",
-        f"## Subjects per {summary['grouped_by'].lower()}",
-        "",
-        "| group | subjects | dose rows | median total dose (mg) | max rate (mg/h) |",
-        "|---|---|---|---|---|",
     ]
-    out += [
-        f"| {g} | {v['subjects']} | {v['dose_rows']} | {v['total_dose_mg_median']} | {v['max_rate_mg_h']} |"
-        for g, v in summary["groups"].items()
-    ]
-    out += [
-        "",
-        "## Observations per analyte",
-        "",
-        "| analyte | observations | subjects | BLQ | BLQ share |",
-        "|---|---|---|---|---|",
-    ]
-    out += [
-        f"| {a} | {v['observations']} | {v['subjects']} | {v['blq']} | {100 * v['blq_share']:.1f}% |"
-        for a, v in summary["analytes"].items()
-    ]
-    out += [
-        "",
-        "## Covariates",
-        "",
-        "| covariate | mean | sd | min | median | max |",
-        "|---|---|---|---|---|---|",
-    ]
-    out += [
-        f"| {c} | {v['mean']} | {v['sd']} | {v['min']} | {v['median']} | {v['max']} |"
-        for c, v in summary["covariates_continuous"].items()
-    ]
+    out += _md_table(
+        f"Subjects per {summary['grouped_by'].lower()}",
+        ["group", "subjects", "dose rows", "median total dose (mg)", "max rate (mg/h)"],
+        [
+            [g, v["subjects"], v["dose_rows"], v["total_dose_mg_median"], v["max_rate_mg_h"]]
+            for g, v in summary["groups"].items()
+        ],
+    )
+    out += _md_table(
+        "Observations per analyte",
+        ["analyte", "observations", "subjects", "BLQ", "BLQ share"],
+        [
+            [a, v["observations"], v["subjects"], v["blq"], f"{100 * v['blq_share']:.1f}%"]
+            for a, v in summary["analytes"].items()
+        ],
+    )
+    stats = ("mean", "sd", "min", "median", "max")
+    out += _md_table(
+        "Covariates",
+        ["covariate", *stats],
+        [[c, *(v[k] for k in stats)] for c, v in summary["covariates_continuous"].items()],
+    )
     out += [""] + [
         f"- {c}: " + ", ".join(f"{k} {n}" for k, n in v.items())
         for c, v in summary["covariates_categorical"].items()
