@@ -34,3 +34,24 @@ def get_final_outputs():
         rules.validate_data.output.summary_md,
         rules.validate_data.output.overview,
     ]
+
+
+wildcard_constraints:
+    pk_model="|".join(config["models"]["pk"]),
+
+
+def get_pk_spec(wildcards):
+    """The specification file of a PK model."""
+    return repo_path(os.path.join(config["models"]["dir"], f"{wildcards.pk_model}.yaml"))
+
+
+def get_pk_outputs():
+    """Posterior, diagnostics and gate of every configured PK model."""
+    return expand(
+        [
+            rules.fit_pk.output.posterior,
+            rules.diagnose_pk.output.table,
+            rules.diagnose_pk.output.gate,
+        ],
+        pk_model=config["models"]["pk"],
+    )

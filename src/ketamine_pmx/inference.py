@@ -1,0 +1,585 @@
+r"""Population PK fitting: PyMC model from a spec and a validated dataset, NUTS, diagnostics, gate.
+
+The model (per chain c, the dimension `enantiomer`: S and R, or one racemic chain RAC; subject i)::
+
+    log theta_pop[c]      ~ Normal(log typical[c], prior_sd)          (positive parameters)
+    logit theta_pop[c]    ~ Normal(logit typical[c], prior_sd)        (fractions)
+    omega_g[c]            ~ HalfNormal(omega_prior_sd)                (one per BSV group)
+    eta_g[i, c]           = omega_g[c] * z_g[i, c],  z ~ Normal(0, 1)   (non-centred; or centred,
+                                                                       or LKJ-correlated block)
+    e_cyp2b6[k]           ~ Normal(0, prior_sd)                        (k = IM, PM; NM reference)
+    theta[i, c] = exp(log theta_pop[c] + a_theta log(WT_i / 70) + e_cyp2b6[class_i] + eta_g[i, c])
+
+with a = 0.75 for clearances and 1 for volumes (fixed or estimated), the CYP2B6 effect on the
+parameter the spec names (N-demethylation clearance cl_f), fixed parameters at their typical
+value (allometrically scaled). Concentrations are the exact linear-chain solution
+(:mod:`ketamine_pmx.pk`) with cl = cl_f + cl_o, the metabolite NK formed with clearance cl_f and
+HNK with the fraction fm_hnk of NK's elimination. Residual error per analyte a::
+
+    log DV ~ Normal(log C, sigma_prop[a])                                (log_proportional)
+    DV     ~ Normal(C, sqrt(sigma_add[a]^2 + sigma_prop[a]^2 C^2))       (combined)
+
+A BLQ observation contributes P(DV < LLOQ) (Beal's M3) through a censored likelihood, so the
+pointwise log-likelihood that PSIS-LOO needs is defined for every observation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pymc as pm
+import pytensor.tensor as pt
+import xarray as xr
+
+from . import __version__
+from .contract import (
+    CYP2B6_CLASSES,
+    DOSE_TARGETS,
+    EVID_DOSE,
+    EVID_OBSERVATION,
+    MOLAR_MASS_G_MOL,
+)
+from .io import atomic_path, write_csv
+from .pk import DoseObsLayout, Metabolite, build_layout, pt_conc_ng_ml
+from .specs import PKSpec
+
+#: Effects relative to normal metabolisers.
+CYP2B6_EFFECT_CLASSES = tuple(c for c in CYP2B6_CLASSES if c != "NM")
+#: Concentration floor (ng/mL) before taking logs: an observation that no dose has reached yet.
+CONC_FLOOR_NG_ML = 1e-9
+
+
+class FitError(RuntimeError):
+    """The fit could not be run on this data/spec combination."""
+
+
+class GateError(RuntimeError):
+    """The posterior failed the diagnostic gate."""
+
+
+# --------------------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class PKData:
+    """What a PK model needs from a clean dataset, as arrays (built once, numpy)."""
+
+    subjects: np.ndarray  # subject IDs, in model order
+    wt: np.ndarray
+    cyp_class: np.ndarray  # NM/IM/PM per subject
+    obs: pd.DataFrame  # one row per modelled observation, in model order
+    doses: pd.DataFrame
+    layouts: dict[str, DoseObsLayout]  # per chain, observations of that chain
+    chain_obs: dict[str, np.ndarray]  # per chain, positions of its observations in ``obs``
+    analytes: tuple[str, ...]
+    data_sha256: str = ""
+    excluded: dict[str, int] = field(default_factory=dict)
+
+
+def prepare_pk_data(table: pd.DataFrame, spec: PKSpec) -> PKData:
+    """Select the spec's analytes and build per-chain dose/observation layouts."""
+    analytes = spec.analytes
+    obs = table[(table["EVID"] == EVID_OBSERVATION) & table["ANALYTE"].isin(analytes)].copy()
+    if obs.empty:
+        present = sorted(set(table.loc[table["EVID"] == EVID_OBSERVATION, "ANALYTE"]))
+        raise FitError(
+            f"model {spec.name} observes {list(analytes)}, but the dataset has none of them "
+            f"(it has {present})"
+        )
+    subjects = obs["ID"].drop_duplicates().to_numpy()
+    index = {sid: k for k, sid in enumerate(subjects)}
+    first = table.groupby("ID", sort=False).first()
+    wt = first.loc[subjects, "WT"].to_numpy(float)
+    if np.isnan(wt).any():
+        raise FitError("WT is missing for a subject with PK observations (needed for allometry)")
+    cyp = first.loc[subjects, "CYP2B6_CLASS"].astype(object).to_numpy()
+    if spec.spec["covariates"].get("cyp2b6") and pd.isna(cyp).any():
+        raise FitError("CYP2B6 is missing for a subject with PK observations (the model uses it)")
+    doses = table[(table["EVID"] == EVID_DOSE) & table["ID"].isin(index)].copy()
+    route = "depot" if spec.structure["absorption"] == "first_order" else "central"
+
+    obs = obs.reset_index(drop=True)
+    obs["subject"] = obs["ID"].map(index).astype(int)
+    chain_level = [spec.level_of(a) for a in obs["ANALYTE"]]
+    obs["chain"] = [c for c, _ in chain_level]
+    obs["level"] = [lv for _, lv in chain_level]
+    layouts, chain_obs = {}, {}
+    for chain in spec.chains:
+        if chain == "RAC":
+            frac = np.ones(len(doses))
+        else:
+            frac = doses["ANALYTE"].map(lambda t, c=chain: DOSE_TARGETS[t][c]).to_numpy(float)
+        pos = np.flatnonzero(obs["chain"].to_numpy() == chain)
+        chain_obs[chain] = pos
+        layouts[chain] = build_layout(
+            dose_subject=doses["ID"].map(index).to_numpy(np.int64),
+            dose_time_h=doses["TIME"].to_numpy(float),
+            dose_amt_mg=doses["AMT"].to_numpy(float) * frac,
+            dose_rate_mg_h=doses["RATE"].to_numpy(float) * frac,
+            dose_route=route,
+            obs_subject=obs["subject"].to_numpy(np.int64)[pos],
+            obs_time_h=obs["TIME"].to_numpy(float)[pos],
+            obs_level=obs["level"].to_numpy(np.int64)[pos],
+            n_subject=len(subjects),
+        )
+    digest = hashlib.sha256(
+        pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes()
+    ).hexdigest()
+    return PKData(
+        subjects=subjects,
+        wt=wt,
+        cyp_class=cyp,
+        obs=obs,
+        doses=doses,
+        layouts=layouts,
+        chain_obs=chain_obs,
+        analytes=tuple(a for a in analytes if a in set(obs["ANALYTE"])),
+        data_sha256=digest,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The model factory
+# --------------------------------------------------------------------------------------
+
+
+def _logit(p: float) -> float:
+    return float(np.log(p / (1.0 - p)))
+
+
+def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Model:
+    """A PyMC model of ``spec`` for ``data`` (pure: no I/O). ``observed=False`` gives the prior."""
+    chains = list(spec.chains)
+    n_subj = len(data.subjects)
+    coords = {
+        "subject": data.subjects,
+        "enantiomer": chains,
+        "analyte": list(data.analytes),
+        "obs": np.arange(len(data.obs)),
+        "cyp2b6_class": list(CYP2B6_EFFECT_CLASSES),
+    }
+    cov = spec.spec["covariates"]
+    allo = cov.get("allometry", {})
+    bsv_cfg = spec.spec["bsv"]
+    log_wt = np.log(data.wt / allo.get("reference_weight_kg", 70.0))
+    with pm.Model(coords=coords) as model:
+        pm.Data("wt_kg", data.wt, dims="subject")
+        if allo.get("estimate", False):
+            a_cl = pm.Normal("allo_cl", allo["clearance_exponent"], allo["prior_sd"])
+            a_v = pm.Normal("allo_v", allo["volume_exponent"], allo["prior_sd"])
+        else:
+            a_cl, a_v = allo.get("clearance_exponent", 0.75), allo.get("volume_exponent", 1.0)
+
+        cyp_effect = None
+        cyp_cfg = cov.get("cyp2b6")
+        if cyp_cfg:
+            e_cyp = pm.Normal("e_cyp2b6", 0.0, cyp_cfg["prior_sd"], dims="cyp2b6_class")
+            cls_idx = np.array([CYP2B6_CLASSES.index(c) for c in data.cyp_class])
+            # NM contributes 0; IM and PM their estimated log effect.
+            cyp_effect = pt.concatenate([pt.zeros(1), e_cyp])[cls_idx]
+
+        groups = _bsv_groups(spec)
+        etas = _subject_effects(groups, chains, n_subj, bsv_cfg)
+
+        ind: dict[str, Any] = {}
+        for name, par in spec.parameters.items():
+            kind = spec.kind(name)
+            typical = np.array([spec.typical(name, c) for c in chains])
+            if kind == "fraction":
+                if par["fixed"]:
+                    ind[name] = pt.as_tensor(np.broadcast_to(typical, (n_subj, len(chains))))
+                    continue
+                logit_pop = pm.Normal(
+                    f"logit_{name}_pop",
+                    np.array([_logit(v) for v in typical]),
+                    par["prior_sd"],
+                    dims="enantiomer",
+                )
+                lin = pt.broadcast_to(logit_pop, (n_subj, len(chains)))
+                if par["bsv"]:
+                    lin = lin + etas[par.get("bsv_group") or name]
+                ind[name] = pm.math.sigmoid(lin)
+                continue
+            scale = {"clearance": a_cl, "volume": a_v}.get(kind, 0.0)
+            if par["fixed"]:
+                log_pop = pt.as_tensor(np.log(typical))
+            else:
+                log_pop = pm.Normal(
+                    f"log_{name}_pop", np.log(typical), par["prior_sd"], dims="enantiomer"
+                )
+            lin = log_pop[None, :] + (scale * log_wt)[:, None]
+            if cyp_effect is not None and cyp_cfg["parameter"] == name:
+                lin = lin + cyp_effect[:, None]
+            if par["bsv"]:
+                lin = lin + etas[par.get("bsv_group") or name]
+            ind[name] = pt.exp(lin)
+
+        pred = pt.zeros(len(data.obs))
+        for c, chain in enumerate(chains):
+            pred = pt.set_subtensor(
+                pred[data.chain_obs[chain]],
+                _chain_conc(spec, data.layouts[chain], {k: v[:, c] for k, v in ind.items()}),
+            )
+        pm.Deterministic("pred_ng_ml", pred, dims="obs")
+        _likelihood(spec, data, pred, observed)
+    return model
+
+
+def _bsv_groups(spec: PKSpec) -> list[str]:
+    groups: list[str] = []
+    for name, par in spec.parameters.items():
+        if par["bsv"]:
+            g = par.get("bsv_group") or name
+            if g not in groups:
+                groups.append(g)
+    return groups
+
+
+def _subject_effects(
+    groups: list[str], chains: list[str], n_subj: int, cfg: dict[str, Any]
+) -> dict[str, Any]:
+    """Subject effects eta_<group>[subject, chain] (stored as deterministics for shrinkage)."""
+    etas: dict[str, Any] = {}
+    if not groups:
+        return etas
+    if cfg["correlation"] == "lkj":
+        n = len(groups) * len(chains)
+        chol, _, _ = pm.LKJCholeskyCov(
+            "chol_eta",
+            n=n,
+            eta=cfg["lkj_eta"],
+            sd_dist=pm.HalfNormal.dist(cfg["omega_prior_sd"], shape=n),
+            compute_corr=True,
+        )
+        z = pm.Normal("z_eta", 0.0, 1.0, shape=(n_subj, n))
+        block = z @ chol.T
+        for k, g in enumerate(groups):
+            cols = block[:, k * len(chains) : (k + 1) * len(chains)]
+            etas[g] = pm.Deterministic(f"eta_{g}", cols, dims=("subject", "enantiomer"))
+        return etas
+    for g in groups:
+        omega = pm.HalfNormal(f"omega_{g}", cfg["omega_prior_sd"], dims="enantiomer")
+        if cfg["parameterisation"] == "centred":
+            etas[g] = pm.Normal(f"eta_{g}", 0.0, omega, dims=("subject", "enantiomer"))
+        else:
+            z = pm.Normal(f"z_{g}", 0.0, 1.0, dims=("subject", "enantiomer"))
+            etas[g] = pm.Deterministic(f"eta_{g}", omega * z, dims=("subject", "enantiomer"))
+    return etas
+
+
+def _chain_conc(spec: PKSpec, layout: DoseObsLayout, p: dict[str, Any]) -> Any:
+    mets = spec.structure["metabolites"]
+    metabolites = []
+    if "NK" in mets:
+        metabolites.append(
+            Metabolite(
+                cl_m=p["cl_nk"],
+                v_m=p["v_nk"],
+                r=MOLAR_MASS_G_MOL["NK"] / MOLAR_MASS_G_MOL["KET"],
+                cl_f=p["cl_f"],
+            )
+        )
+    if "HNK" in mets:
+        metabolites.append(
+            Metabolite(
+                cl_m=p["cl_hnk"],
+                v_m=p["v_hnk"],
+                r=MOLAR_MASS_G_MOL["HNK"] / MOLAR_MASS_G_MOL["NK"],
+                fm=p["fm_hnk"],
+            )
+        )
+    cl = p["cl_f"] + p["cl_o"] if mets else p["cl"]
+    return pt_conc_ng_ml(
+        layout,
+        cl=cl,
+        vc=p["vc"],
+        q=p.get("q"),
+        vp=p.get("vp"),
+        q2=p.get("q2"),
+        vp2=p.get("vp2"),
+        ka=p.get("ka"),
+        f_bio=p.get("f_bio"),
+        metabolites=metabolites,
+    )
+
+
+def censored_observations(spec: PKSpec, data: PKData) -> tuple[np.ndarray, np.ndarray]:
+    """Observed values on the likelihood's scale and their lower censoring bounds.
+
+    BLQ rows take the LLOQ as value and bound (the censored likelihood gives P(DV < LLOQ));
+    other rows have no bound (-inf). The scale is log for the log-proportional error model.
+    """
+    obs = data.obs
+    blq = obs["BLQ"].to_numpy() == 1
+    dv = obs["DV"].to_numpy(float)
+    lloq = obs["LLOQ"].to_numpy(float)
+    value = np.where(blq, lloq, dv)
+    if spec.spec["residual"]["model"] == "log_proportional":
+        value = np.log(value)
+    lower = np.where(blq, value, -np.inf)
+    return value, lower
+
+
+def _likelihood(spec: PKSpec, data: PKData, pred: Any, observed: bool) -> None:
+    a_idx = data.obs["ANALYTE"].map({a: k for k, a in enumerate(data.analytes)}).to_numpy()
+    value, lower = censored_observations(spec, data)
+    res = spec.spec["residual"]
+    sigma_prop = pm.HalfNormal("sigma_prop", res["sigma_prop_prior_sd"], dims="analyte")
+    if res["model"] == "log_proportional":
+        mu = pt.log(pt.maximum(pred, CONC_FLOOR_NG_ML))
+        dist = pm.Normal.dist(mu=mu, sigma=sigma_prop[a_idx])
+    else:
+        sigma_add = pm.HalfNormal("sigma_add", res["sigma_add_prior_sd"], dims="analyte")
+        sd = pt.sqrt(sigma_add[a_idx] ** 2 + (sigma_prop[a_idx] * pred) ** 2)
+        dist = pm.Normal.dist(mu=pred, sigma=sd)
+    pm.Censored(
+        "y", dist, lower=lower, upper=None, observed=value if observed else None, dims="obs"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# Sampling and InferenceData
+# --------------------------------------------------------------------------------------
+
+
+def sample_pk(
+    model: pm.Model, data: PKData, spec: PKSpec, sampler: dict[str, Any], seed: int
+) -> az.InferenceData:
+    """Sample with nutpie (default) or PyMC's NUTS; add log-likelihood and constant data."""
+    backend = sampler["backend"]
+    if backend == "nutpie":
+        import nutpie
+
+        compiled = nutpie.compile_pymc_model(model)
+        idata = nutpie.sample(
+            compiled,
+            draws=sampler["draws"],
+            tune=sampler["tune"],
+            chains=sampler["chains"],
+            cores=sampler["cores"],
+            seed=seed,
+            target_accept=sampler["target_accept"],
+            low_rank_modified_mass_matrix=sampler["low_rank_mass_matrix"],
+            progress_bar=False,
+        )
+    elif backend == "pymc":
+        with model:
+            idata = pm.sample(
+                draws=sampler["draws"],
+                tune=sampler["tune"],
+                chains=sampler["chains"],
+                cores=sampler["cores"],
+                random_seed=seed,
+                target_accept=sampler["target_accept"],
+                progressbar=False,
+                compute_convergence_checks=False,
+            )
+    else:  # guarded by the config schema
+        raise FitError(f"unknown sampler backend {backend!r}")
+    idata = az.InferenceData(
+        posterior=idata.posterior, sample_stats=_standard_sample_stats(idata.sample_stats)
+    )
+    with model:
+        pm.compute_log_likelihood(
+            idata, var_names=["y"], extend_inferencedata=True, progressbar=False
+        )
+    _add_data_groups(idata, spec, data)
+    idata.posterior.attrs.update(
+        {
+            "model": spec.name,
+            "spec_sha256": spec.sha256,
+            "data_sha256": data.data_sha256,
+            "ketamine_pmx_version": __version__,
+            "sampler": backend,
+            "seed": int(seed),
+        }
+    )
+    return idata
+
+
+def _standard_sample_stats(stats: xr.Dataset) -> xr.Dataset:
+    """Sample stats under ArviZ's names whichever sampler produced them."""
+    rename = {"divergent": "diverging", "mean_tree_accept": "acceptance_rate"}
+    stats = stats.rename({k: v for k, v in rename.items() if k in stats and v not in stats})
+    keep = [
+        v
+        for v in (
+            "diverging",
+            "energy",
+            "tree_depth",
+            "n_steps",
+            "step_size",
+            "acceptance_rate",
+            "lp",
+        )
+        if v in stats
+    ]
+    return stats[keep]
+
+
+def _add_data_groups(idata: az.InferenceData, spec: PKSpec, data: PKData) -> None:
+    obs = data.obs
+    obs_coord = {"obs": np.arange(len(obs))}
+    value, _ = censored_observations(spec, data)
+    idata.add_groups(
+        observed_data=xr.Dataset({"y": ("obs", value)}, coords=obs_coord),
+        constant_data=xr.Dataset(
+            {
+                "obs_id": ("obs", obs["ID"].to_numpy()),
+                "obs_time_h": ("obs", obs["TIME"].to_numpy(float)),
+                "obs_analyte": ("obs", obs["ANALYTE"].astype(str).to_numpy()),
+                "obs_dv": ("obs", obs["DV"].to_numpy(float)),
+                "obs_blq": ("obs", obs["BLQ"].to_numpy(int)),
+                "obs_lloq": ("obs", obs["LLOQ"].to_numpy(float)),
+                "wt_kg": ("subject", data.wt),
+                "cyp2b6_class": ("subject", data.cyp_class.astype(str)),
+                "dose_id": ("dose", data.doses["ID"].to_numpy()),
+                "dose_time_h": ("dose", data.doses["TIME"].to_numpy(float)),
+                "dose_amt_mg": ("dose", data.doses["AMT"].to_numpy(float)),
+                "dose_rate_mg_h": ("dose", data.doses["RATE"].to_numpy(float)),
+                "dose_target": ("dose", data.doses["ANALYTE"].astype(str).to_numpy()),
+            },
+            coords={**obs_coord, "subject": data.subjects, "dose": np.arange(len(data.doses))},
+        ),
+    )
+
+
+def save_idata(idata: az.InferenceData, path: str | Path) -> None:
+    """Write InferenceData to NetCDF atomically."""
+    with atomic_path(path) as tmp:
+        idata.to_netcdf(str(tmp))
+
+
+def load_idata(path: str | Path, spec: PKSpec | None = None) -> az.InferenceData:
+    """Read a posterior; with ``spec``, refuse one fitted with a different specification."""
+    idata = az.from_netcdf(str(path))
+    if spec is not None and idata.posterior.attrs.get("spec_sha256") != spec.sha256:
+        raise FitError(
+            f"{path}: posterior of model {idata.posterior.attrs.get('model')!r} was fitted with "
+            f"another version of the specification than {spec.path}; refit it"
+        )
+    return idata
+
+
+# --------------------------------------------------------------------------------------
+# Diagnostics and the gate
+# --------------------------------------------------------------------------------------
+
+
+def population_variables(idata: az.InferenceData) -> list[str]:
+    """Posterior variables that describe the population (not subjects, not predictions)."""
+    post = idata.posterior
+    return [
+        v
+        for v in post.data_vars
+        if "subject" not in post[v].dims
+        and "obs" not in post[v].dims
+        and not v.startswith(("z_", "chol_eta"))
+        and post[v].ndim >= 2
+    ]
+
+
+def diagnostics_table(idata: az.InferenceData) -> pd.DataFrame:
+    """R-hat, bulk/tail ESS, mean, SD, 5%/95% per population parameter element, eta shrinkage."""
+    names = population_variables(idata)
+    summ = az.summary(
+        idata,
+        var_names=names,
+        kind="all",
+        round_to="none",
+        stat_funcs={"q5": lambda x: np.quantile(x, 0.05), "q95": lambda x: np.quantile(x, 0.95)},
+    )
+    out = summ[["mean", "sd", "q5", "q95", "r_hat", "ess_bulk", "ess_tail"]].copy()
+    out.index.name = "parameter"
+    out = out.reset_index()
+    shrink = [
+        {"parameter": f"shrinkage_eta_{g}[{c}]", "mean": value}
+        for (g, c), value in eta_shrinkage(idata).items()
+    ]
+    return pd.concat([out, pd.DataFrame(shrink)], ignore_index=True) if shrink else out
+
+
+def eta_shrinkage(idata: az.InferenceData) -> dict[tuple[str, str], float]:
+    """1 - SD(posterior mean eta over subjects) / omega (posterior mean), per group and chain."""
+    post = idata.posterior
+    out = {}
+    for v in post.data_vars:
+        if not v.startswith("eta_"):
+            continue
+        g = v[len("eta_") :]
+        eta_mean = post[v].mean(("chain", "draw"))
+        if f"omega_{g}" in post:
+            omega = post[f"omega_{g}"].mean(("chain", "draw"))
+        else:
+            omega = post[v].std("subject").mean(("chain", "draw"))
+        sd = eta_mean.std("subject", ddof=1)
+        for c in post[v].coords["enantiomer"].values:
+            out[(g, str(c))] = float(1.0 - sd.sel(enantiomer=c) / omega.sel(enantiomer=c))
+    return out
+
+
+def run_statistics(idata: az.InferenceData) -> dict[str, Any]:
+    stats = idata.sample_stats
+    bfmi = az.bfmi(idata) if "energy" in stats else np.array([np.nan])
+    return {
+        "divergences": int(stats["diverging"].sum()) if "diverging" in stats else 0,
+        "e_bfmi_min": float(np.min(bfmi)),
+        "chains": int(idata.posterior.sizes["chain"]),
+        "draws": int(idata.posterior.sizes["draw"]),
+    }
+
+
+def gate(table: pd.DataFrame, stats: dict[str, Any], rules: dict[str, Any]) -> list[str]:
+    """Failures of the diagnostic gate (empty when it passes)."""
+    params = table[~table["parameter"].str.startswith("shrinkage_")]
+    failures = []
+    worst_rhat = params.loc[params["r_hat"].idxmax()]
+    if worst_rhat["r_hat"] > rules["rhat_max"]:
+        failures.append(
+            f"R-hat {worst_rhat['r_hat']:.3f} > {rules['rhat_max']} ({worst_rhat['parameter']})"
+        )
+    for col in ("ess_bulk", "ess_tail"):
+        worst = params.loc[params[col].idxmin()]
+        if worst[col] < rules["ess_min"]:
+            failures.append(f"{col} {worst[col]:.0f} < {rules['ess_min']} ({worst['parameter']})")
+    if stats["divergences"] > rules["max_divergences"]:
+        failures.append(
+            f"{stats['divergences']} divergent transitions > {rules['max_divergences']}"
+        )
+    if stats["e_bfmi_min"] < rules["e_bfmi_min"]:
+        failures.append(f"E-BFMI {stats['e_bfmi_min']:.2f} < {rules['e_bfmi_min']}")
+    return failures
+
+
+def write_diagnostics(
+    table: pd.DataFrame, stats: dict[str, Any], failures: list[str], csv_path, json_path
+) -> None:
+    from .io import write_json
+
+    write_csv(csv_path, table, float_format="%.6g")
+    write_json(json_path, {**stats, "gate_passed": not failures, "gate_failures": failures})
+
+
+def fit_pk(
+    table: pd.DataFrame, spec: PKSpec, sampler: dict[str, Any], seed: int
+) -> tuple[az.InferenceData, PKData]:
+    """Prepare data, build the model and sample it."""
+    data = prepare_pk_data(table, spec)
+    model = build_pk_model(spec, data)
+    return sample_pk(model, data, spec, sampler, seed), data
+
+
+def describe(idata: az.InferenceData) -> str:
+    attrs = idata.posterior.attrs
+    return json.dumps(
+        {k: attrs.get(k) for k in ("model", "sampler", "seed", "ketamine_pmx_version")}
+    )
