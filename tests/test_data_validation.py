@@ -337,7 +337,6 @@ CASES: list[Case] = [
         message="did you mean 'WGHT'",
     ),
     Case("missing-AMT", drop_columns("AMT"), "column-required", "AMT"),
-    Case("missing-MDV", drop_columns("MDV"), "column-required", "MDV"),
     Case("missing-required-covariate", drop_columns("DSER"), "column-required", "DSER"),
     Case(
         "missing-analyte-and-codes", drop_columns("ANALYTE", "DVID"), "column-required", "ANALYTE"
@@ -462,6 +461,14 @@ CASES: list[Case] = [
     Case("DV-missing-MDV-0", set_value("DV", ".", obs_row), "dv-missing", "DV"),
     Case("score-missing-MDV-0", set_value("DV", ".", madrs_row), "dv-missing", "DV"),
     Case("negative-concentration", set_value("DV", "-5", obs_row), "dv-negative", "DV"),
+    Case(
+        "DRUG-concentration-in-nM",
+        set_values({"ANALYTE": "DRUG", "DVID": "."}, obs_row),
+        "unit-conversion",
+        "DV",
+        data_cfg={"units": {"conc": "nM"}},
+        message="DRUG",
+    ),
     Case("MADRS-above-60", set_value("DV", "61", madrs_row), "score-range", "DV"),
     Case("MADRS-negative", set_value("DV", "-1", madrs_row), "score-range", "DV"),
     Case("NRS-above-10", set_value("DV", "11", nrs_row), "score-range", "DV"),
@@ -927,6 +934,24 @@ def test_dur_instead_of_rate(base, clean, tmp_path):
     path = write_frame(frame, tmp_path / "dur.csv")
     validated = load_dataset(path, make_config()["data"])
     pd.testing.assert_frame_equal(validated.table, clean.table, check_exact=False, rtol=1e-9)
+
+
+def test_mdv_column_is_optional(base, clean, tmp_path):
+    """Without MDV, NONMEM's default applies: 0 on observation rows, 1 on every other row."""
+    path = write_frame(base.drop(columns=["MDV"]), tmp_path / "no_mdv.csv")
+    validated = load_dataset(path, make_config()["data"])
+    pd.testing.assert_frame_equal(validated.table, clean.table)
+    assert validated.notes["mdv_derived_from_evid"] is True
+    assert clean.notes["mdv_derived_from_evid"] is False
+
+
+def test_missing_dv_without_mdv_column_is_refused(base, tmp_path):
+    frame, line = set_value("DV", ".", obs_row)(base)
+    path = write_frame(frame.drop(columns=["MDV"]), tmp_path / "no_mdv_no_dv.csv")
+    problems = problems_of(path, make_config()["data"])
+    assert {p.rule for p in problems} == {"dv-missing"}
+    (problem,) = problems
+    assert line in problem.lines and "no MDV column" in problem.message
 
 
 def test_evid2_and_mdv1_rows_are_dropped_and_counted(base, clean, tmp_path):

@@ -7,13 +7,17 @@ A dataset is a long table, one row per event, sorted by ID then TIME:
 
 * ``EVID`` 0 is an observation (concentration or clinical score), 1 a dose; 2 (other) rows
   are kept but carry no information for the models; 3/4 (reset) are refused because no
-  model here implements a reset.
+  model here implements a reset. ``MDV`` is 1 where a row has no DV; a file without an
+  ``MDV`` column gets NONMEM's default (0 on observation rows, 1 elsewhere).
 * Dose rows name what was given in ``ANALYTE`` (or a ``CMT`` code): ``KET`` is racemic
   (R,S)-ketamine, split 1:1 between the enantiomers by enantiomer-specific models;
-  ``S_KET`` (esketamine) and ``R_KET`` (arketamine) are single enantiomers. ``AMT`` is in mg,
-  ``RATE`` in mg/h (0 = bolus); ``DUR`` (h) may be given instead of ``RATE``.
+  ``S_KET`` (esketamine) and ``R_KET`` (arketamine) are single enantiomers; ``DRUG`` is the
+  parent drug of a non-ketamine single-analyte study (e.g. a public reference dataset such as
+  theophylline). ``AMT`` is in mg, ``RATE`` in mg/h (0 = bolus); ``DUR`` (h) may be given
+  instead of ``RATE``.
 * Observation rows name the analyte or endpoint in ``ANALYTE`` (or a ``DVID``/``CMT`` code).
-  Concentrations are in ng/mL, scores on their own scale.
+  Concentrations are in ng/mL, scores on their own scale. ``DRUG`` is the concentration of
+  the generic parent drug.
 * ``LLOQ`` (ng/mL) and/or ``BLQ`` (0/1) mark censored concentrations (Beal's M3 by default).
 """
 
@@ -26,9 +30,19 @@ from dataclasses import dataclass
 # --------------------------------------------------------------------------------------
 
 #: Columns every dataset must have (after the user's column map is applied).
-CORE_COLUMNS: tuple[str, ...] = ("ID", "TIME", "EVID", "AMT", "DV", "MDV")
-#: Optional event columns.
-OPTIONAL_EVENT_COLUMNS: tuple[str, ...] = ("RATE", "DUR", "CMT", "DVID", "ANALYTE", "LLOQ", "BLQ")
+CORE_COLUMNS: tuple[str, ...] = ("ID", "TIME", "EVID", "AMT", "DV")
+#: Optional event columns. Without ``MDV`` it is derived as NONMEM does: 0 on observation
+#: rows (EVID 0), 1 on every other row.
+OPTIONAL_EVENT_COLUMNS: tuple[str, ...] = (
+    "MDV",
+    "RATE",
+    "DUR",
+    "CMT",
+    "DVID",
+    "ANALYTE",
+    "LLOQ",
+    "BLQ",
+)
 #: Subject-level covariates and their meaning.
 COVARIATES: dict[str, str] = {
     "WT": "body weight (kg)",
@@ -129,6 +143,12 @@ ANALYTES: dict[str, Analyte] = {
         Analyte("KET", "concentration", "(R,S)-ketamine, non-stereoselective assay", "KET"),
         Analyte("NK", "concentration", "(R,S)-norketamine, non-stereoselective assay", "NK"),
         Analyte("HNK", "concentration", "2,6-HNK (sum of enantiomers)", "HNK"),
+        # No species: no molar mass, so DRUG concentrations cannot be given in nM.
+        Analyte(
+            "DRUG",
+            "concentration",
+            "parent drug of a non-ketamine single-analyte study (e.g. a public reference dataset)",
+        ),
         Analyte("MADRS", "score", "MADRS total score (0-60)", score_max=60.0),
         Analyte("NRS", "score", "pain numerical rating scale (0-10)", score_max=10.0),
     )
@@ -138,11 +158,15 @@ SCORE_ANALYTES = tuple(n for n, a in ANALYTES.items() if a.kind == "score")
 ENDPOINT_OF_INDICATION = {"MDD": "MADRS", "CRPS": "NRS"}
 INDICATIONS = tuple(ENDPOINT_OF_INDICATION)
 
-#: What a dose row may deliver, and the fraction of AMT that reaches each enantiomer.
+#: What a dose row may deliver, and the fraction of its AMT that enters each chain of a
+#: model: the enantiomer chains ``S`` and ``R``, the racemic (non-stereoselective) chain
+#: ``RAC`` and the generic single-drug chain ``DRUG``. A chain a target does not list
+#: receives nothing from it: read with ``DOSE_TARGETS[target].get(chain, 0.0)``.
 DOSE_TARGETS: dict[str, dict[str, float]] = {
-    "KET": {"S": 0.5, "R": 0.5},
-    "S_KET": {"S": 1.0, "R": 0.0},
-    "R_KET": {"S": 0.0, "R": 1.0},
+    "KET": {"S": 0.5, "R": 0.5, "RAC": 1.0},
+    "S_KET": {"S": 1.0, "R": 0.0, "RAC": 1.0},
+    "R_KET": {"S": 0.0, "R": 1.0, "RAC": 1.0},
+    "DRUG": {"DRUG": 1.0},
 }
 
 #: Default NONMEM-style codes (overridable in config ``data.codes``).

@@ -58,15 +58,19 @@ RULES: dict[str, str] = {
     "time-invalid": "TIME is present and >= 0",
     "time-order": "TIME does not decrease within a subject",
     "evid-unknown": "EVID is 0 (observation), 1 (dose) or 2 (other); resets (3/4) are not supported",
-    "mdv-invalid": "MDV is 0 or 1, and 1 on dose rows",
+    "mdv-invalid": "MDV is 0 or 1, and 1 on dose rows (without an MDV column: 0 on observation "
+    "rows, 1 elsewhere)",
     "dose-amt": "dose rows have a positive AMT",
     "dose-rate": "RATE is >= 0 (modelled rates -1/-2 are not supported) and DUR, when given, is > 0",
-    "dose-target": "dose rows name a dose target (KET, S_KET, R_KET) by ANALYTE or CMT code",
+    "dose-target": f"dose rows name a dose target ({', '.join(DOSE_TARGETS)}) by ANALYTE or CMT "
+    "code",
     "analyte-unknown": "observation rows name a known analyte/endpoint by ANALYTE or code",
     "analyte-code-mismatch": "ANALYTE agrees with the CMT/DVID code where both are given",
     "dv-missing": "observation rows with MDV 0 have a DV (or are BLQ)",
     "dv-negative": "concentrations are >= 0",
     "score-range": "clinical scores lie within their scale (MADRS 0-60, NRS 0-10)",
+    "unit-conversion": "concentrations given in nM are of an analyte with a known molar mass "
+    "(the ketamine analytes, not DRUG)",
     "blq-invalid": "BLQ is 0/1, LLOQ >= 0, a BLQ row has an LLOQ and a DV not above it, "
     "BLQ is set on concentrations only",
     "covariate-missing": "required covariates have a value on every row",
@@ -202,12 +206,16 @@ def validate_frame(raw: pd.DataFrame, data_config: dict[str, Any], source: str) 
     frame = _parse_numbers(frame, problems)
     analyte_in_file = "ANALYTE" in frame.columns
     frame = _map_codes(frame, data_config, problems)
-    frame = _convert_units(frame, data_config["units"])
+    mdv_derived = "MDV" not in frame.columns
+    if mdv_derived:  # NONMEM's default: a value on observation rows, none elsewhere
+        frame["MDV"] = np.where(frame["EVID"] == EVID_OBSERVATION, 0.0, 1.0)
+    frame = _convert_units(frame, data_config["units"], problems)
     problems += _schema_problems(frame, data_config)
-    problems += _relational_problems(frame, data_config, analyte_in_file)
+    problems += _relational_problems(frame, data_config, analyte_in_file, mdv_derived)
     if _has_errors(problems):
         raise DataValidationError(source, problems)
     table, notes, more = _finalise(frame, data_config)
+    notes["mdv_derived_from_evid"] = mdv_derived
     warnings = [p for p in problems + more if p.severity == "warning"]
     return ValidatedData(table=table, source=source, warnings=warnings, notes=notes)
 
@@ -349,7 +357,9 @@ def _map_codes(frame: pd.DataFrame, cfg: dict[str, Any], problems: list[Problem]
     return out
 
 
-def _convert_units(frame: pd.DataFrame, units: dict[str, str]) -> pd.DataFrame:
+def _convert_units(
+    frame: pd.DataFrame, units: dict[str, str], problems: list[Problem]
+) -> pd.DataFrame:
     out = frame.copy()
     for col, quantity in (
         ("TIME", "time"),
@@ -372,6 +382,19 @@ def _convert_units(frame: pd.DataFrame, units: dict[str, str]) -> pd.DataFrame:
             )
         )
         factor = mw / 1000.0
+        no_mass = conc_rows & factor.isna()
+        if no_mass.any():
+            names = sorted(set(out.loc[no_mass, "ANALYTE"].astype(str)))
+            problems.append(
+                Problem(
+                    "unit-conversion",
+                    f"concentrations of {names} cannot be converted from nM: no molar mass is "
+                    "known (give them in a mass unit, config data.units.conc)",
+                    column="DV",
+                    lines=_lines(out.index[no_mass]),
+                )
+            )
+            factor = factor.fillna(1.0)  # reported above; left as written, not NaN
     else:
         factor = pd.Series(unit_factor("conc", units["conc"]), index=out.index)
     for col in ("DV", "LLOQ"):
@@ -395,7 +418,14 @@ def _schema(cfg: dict[str, Any], columns: Iterable[str]) -> pa.DataFrameSchema:
         ),
         "EVID": pa.Column(
             float,
-            c.isin([0, 1, 2], error=_checked("evid-unknown", "EVID must be 0, 1 or 2")),
+            c.isin(
+                [0, 1, 2],
+                error=_checked(
+                    "evid-unknown",
+                    "EVID must be 0, 1 or 2; map other codes (e.g. rxode2's 101, a bolus) "
+                    "in config data.codes.evid",
+                ),
+            ),
             nullable=True,
         ),
         "MDV": pa.Column(
@@ -445,6 +475,13 @@ def _schema(cfg: dict[str, Any], columns: Iterable[str]) -> pa.DataFrameSchema:
     return pa.DataFrameSchema({k: v for k, v in cols.items() if k in columns}, coerce=False)
 
 
+def _show(value: Any) -> str:
+    """A failing value as the file would write it (101, not 101.0)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _schema_problems(frame: pd.DataFrame, cfg: dict[str, Any]) -> list[Problem]:
     try:
         _schema(cfg, frame.columns).validate(frame, lazy=True)
@@ -454,7 +491,7 @@ def _schema_problems(frame: pd.DataFrame, cfg: dict[str, Any]) -> list[Problem]:
         cases = cases[cases["check"].astype(str).str.contains("|", regex=False)]
         for (column, check), group in cases.groupby(["column", "check"], sort=False):
             rule, message = str(check).split("|", 1)
-            values = ", ".join(str(v) for v in group["failure_case"].unique()[:3])
+            values = ", ".join(_show(v) for v in group["failure_case"].unique()[:3])
             out.append(
                 Problem(
                     rule,
@@ -468,7 +505,10 @@ def _schema_problems(frame: pd.DataFrame, cfg: dict[str, Any]) -> list[Problem]:
 
 
 def _relational_problems(
-    frame: pd.DataFrame, cfg: dict[str, Any], analyte_in_file: bool = True
+    frame: pd.DataFrame,
+    cfg: dict[str, Any],
+    analyte_in_file: bool = True,
+    mdv_derived: bool = False,
 ) -> list[Problem]:
     """Rules across rows and columns that a column-wise schema cannot express."""
     p: list[Problem] = []
@@ -545,11 +585,17 @@ def _relational_problems(
     add(
         "dv-missing",
         is_obs & (f["MDV"] == 0) & f["DV"].isna() & ~flagged,
-        "observation row with MDV 0 has no DV (set MDV 1, give DV, or flag BLQ)",
+        "observation row with MDV 0 has no DV (set MDV 1, give DV, or flag BLQ)"
+        + (
+            "; the file has no MDV column, so MDV is 0 on every observation row"
+            if mdv_derived
+            else ""
+        ),
         "DV",
     )
     add("dv-negative", is_conc & (f["DV"] < 0), "concentrations must be >= 0", "DV")
-    score_max = analyte.map(lambda a: ANALYTES[a].score_max if a in ANALYTES else np.nan)
+    # A float Series even when the file has no score rows at all (e.g. a PK-only dataset).
+    score_max = analyte.map({a: ANALYTES[a].score_max for a in SCORE_ANALYTES}).astype(float)
     add(
         "score-range",
         is_score & ((f["DV"] < 0) | (f["DV"] > score_max)),
@@ -753,7 +799,13 @@ def summarise(validated: ValidatedData) -> dict[str, Any]:
     """Subjects per arm, observations per analyte, BLQ share, doses and covariate distributions."""
     t = validated.table
     subjects = t.groupby("ID", sort=False).first()
-    group_col = "ARM" if subjects["ARM"].notna().all() else "INDICATION"
+    if subjects["ARM"].notna().all():
+        group_col = "ARM"
+    elif subjects["INDICATION"].notna().any():
+        group_col = "INDICATION"
+    else:  # neither (e.g. a non-ketamine reference dataset): one group of all subjects
+        group_col = "ALL"
+        subjects = subjects.assign(ALL="all")
     obs = t[t["EVID"] == EVID_OBSERVATION]
     doses = t[t["EVID"] == EVID_DOSE]
     per_analyte = {
@@ -834,7 +886,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"{100 * summary['blq_share_concentrations']:.1f}% (method {summary['handling']['blq_method']}).",
     ]
     out += _md_table(
-        f"Subjects per {summary['grouped_by'].lower()}",
+        "Subjects"
+        if summary["grouped_by"] == "ALL"
+        else f"Subjects per {summary['grouped_by'].lower()}",
         ["group", "subjects", "dose rows", "median total dose (mg)", "max rate (mg/h)"],
         [
             [g, v["subjects"], v["dose_rows"], v["total_dose_mg_median"], v["max_rate_mg_h"]]
