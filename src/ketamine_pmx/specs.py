@@ -25,6 +25,7 @@ CHAIN_ANALYTES = {
         "R": ("R_KET", "R_NK", "R_HNK"),
     },
     "racemic": {"RAC": ("KET", "NK", "HNK")},
+    "none": {"DRUG": ("DRUG",)},
 }
 DEFAULT_KIND = {
     "cl": "clearance", "cl_f": "clearance", "cl_o": "clearance", "q": "clearance", "q2": "clearance",
@@ -114,7 +115,9 @@ def validate_spec(raw: Any, source: str) -> dict[str, Any]:
     problems = []
     structure = spec["structure"]
     mets = structure["metabolites"]
-    if mets not in ([], ["NK"], ["NK", "HNK"]):
+    if structure["stereo"] == "none" and mets:
+        problems.append("structure.metabolites: a generic drug (stereo: none) has no metabolites")
+    elif mets not in ([], ["NK"], ["NK", "HNK"]):
         problems.append(
             f"structure.metabolites: must be [], [NK] or [NK, HNK] (formed in sequence), got {mets}"
         )
@@ -127,12 +130,16 @@ def validate_spec(raw: Any, source: str) -> dict[str, Any]:
     stereo = structure["stereo"]
     for name, par in spec["parameters"].items():
         typical = par["typical"]
-        if stereo == "racemic" and isinstance(typical, dict):
-            problems.append(f"parameters.{name}.typical: a racemic model takes one number")
+        if stereo != "enantiomers" and isinstance(typical, dict):
+            problems.append(f"parameters.{name}.typical: a {stereo} model takes one number")
         kind = par.get("kind", DEFAULT_KIND.get(name))
         values = typical.values() if isinstance(typical, dict) else [typical]
-        if kind == "fraction" and any(not 0 < v < 1 for v in values):
-            problems.append(f"parameters.{name}.typical: a fraction must lie in (0, 1)")
+        top_ok = (lambda v: v <= 1) if par["fixed"] else (lambda v: v < 1)
+        if kind == "fraction" and any(not (0 < v and top_ok(v)) for v in values):
+            problems.append(
+                f"parameters.{name}.typical: an estimated fraction must lie in (0, 1), "
+                "a fixed one in (0, 1]"
+            )
         if par.get("bsv_group") and not par.get("bsv"):
             problems.append(f"parameters.{name}: bsv_group given but bsv is false")
         if par["fixed"] and par["bsv"]:
