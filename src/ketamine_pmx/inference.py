@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from .contract import (
     MOLAR_MASS_G_MOL,
 )
 from .io import atomic_path, write_csv
-from .pk import DoseObsLayout, Metabolite, build_layout, pt_conc_ng_ml
+from .pk import DoseObsLayout, Metabolite, build_layout, np_conc_ng_ml, pt_conc_ng_ml
 from .specs import PKSpec
 
 #: Effects relative to normal metabolisers.
@@ -78,8 +79,7 @@ class PKData:
     cyp_class: np.ndarray  # NM/IM/PM per subject
     obs: pd.DataFrame  # one row per modelled observation, in model order
     doses: pd.DataFrame
-    layouts: dict[str, DoseObsLayout]  # per chain, observations of that chain
-    chain_obs: dict[str, np.ndarray]  # per chain, positions of its observations in ``obs``
+    layout: DoseObsLayout  # pseudo-subjects subject * n_chain + chain, all observations
     analytes: tuple[str, ...]
     data_sha256: str = ""
     excluded: dict[str, int] = field(default_factory=dict)
@@ -112,25 +112,31 @@ def prepare_pk_data(table: pd.DataFrame, spec: PKSpec) -> PKData:
     chain_level = [spec.level_of(a) for a in obs["ANALYTE"]]
     obs["chain"] = [c for c, _ in chain_level]
     obs["level"] = [lv for _, lv in chain_level]
-    layouts, chain_obs = {}, {}
-    for chain in spec.chains:
-        if chain == "RAC":
-            frac = np.ones(len(doses))
-        else:
-            frac = doses["ANALYTE"].map(lambda t, c=chain: DOSE_TARGETS[t][c]).to_numpy(float)
-        pos = np.flatnonzero(obs["chain"].to_numpy() == chain)
-        chain_obs[chain] = pos
-        layouts[chain] = build_layout(
-            dose_subject=doses["ID"].map(index).to_numpy(np.int64),
-            dose_time_h=doses["TIME"].to_numpy(float),
-            dose_amt_mg=doses["AMT"].to_numpy(float) * frac,
-            dose_rate_mg_h=doses["RATE"].to_numpy(float) * frac,
-            dose_route=route,
-            obs_subject=obs["subject"].to_numpy(np.int64)[pos],
-            obs_time_h=obs["TIME"].to_numpy(float)[pos],
-            obs_level=obs["level"].to_numpy(np.int64)[pos],
-            n_subject=len(subjects),
-        )
+    # One layout over pseudo-subjects (subject, chain) -> subject * n_chain + chain: each
+    # chain receives its share of every dose (the enantiomer fraction of a racemic dose), and
+    # the whole model is one vectorised evaluation whatever the number of chains.
+    n_chain = len(spec.chains)
+    dose_subject = doses["ID"].map(index).to_numpy(np.int64)
+    d_subj, d_time, d_amt, d_rate = [], [], [], []
+    for c, chain in enumerate(spec.chains):
+        frac = doses["ANALYTE"].map(lambda t, ch=chain: DOSE_TARGETS[t].get(ch, 0.0))
+        d_subj.append(dose_subject * n_chain + c)
+        d_time.append(doses["TIME"].to_numpy(float))
+        d_amt.append(doses["AMT"].to_numpy(float) * frac.to_numpy(float))
+        d_rate.append(doses["RATE"].to_numpy(float) * frac.to_numpy(float))
+    chain_index = {ch: c for c, ch in enumerate(spec.chains)}
+    layout = build_layout(
+        dose_subject=np.concatenate(d_subj),
+        dose_time_h=np.concatenate(d_time),
+        dose_amt_mg=np.concatenate(d_amt),
+        dose_rate_mg_h=np.concatenate(d_rate),
+        dose_route=route,
+        obs_subject=obs["subject"].to_numpy(np.int64) * n_chain
+        + obs["chain"].map(chain_index).to_numpy(np.int64),
+        obs_time_h=obs["TIME"].to_numpy(float),
+        obs_level=obs["level"].to_numpy(np.int64),
+        n_subject=len(subjects) * n_chain,
+    )
     digest = hashlib.sha256(
         pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes()
     ).hexdigest()
@@ -140,8 +146,7 @@ def prepare_pk_data(table: pd.DataFrame, spec: PKSpec) -> PKData:
         cyp_class=cyp,
         obs=obs,
         doses=doses,
-        layouts=layouts,
-        chain_obs=chain_obs,
+        layout=layout,
         analytes=tuple(a for a in analytes if a in set(obs["ANALYTE"])),
         data_sha256=digest,
     )
@@ -170,10 +175,12 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
     cov = spec.spec["covariates"]
     allo = cov.get("allometry", {})
     bsv_cfg = spec.spec["bsv"]
-    log_wt = np.log(data.wt / allo.get("reference_weight_kg", 70.0))
+    if allo.get("enabled", True):
+        log_wt = np.log(data.wt / allo.get("reference_weight_kg", 70.0))
+    else:
+        log_wt = np.zeros(n_subj)
     with pm.Model(coords=coords) as model:
-        pm.Data("wt_kg", data.wt, dims="subject")
-        if allo.get("estimate", False):
+        if allo.get("enabled", True) and allo.get("estimate", False):
             a_cl = pm.Normal("allo_cl", allo["clearance_exponent"], allo["prior_sd"])
             a_v = pm.Normal("allo_v", allo["volume_exponent"], allo["prior_sd"])
         else:
@@ -223,13 +230,8 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
                 lin = lin + etas[par.get("bsv_group") or name]
             ind[name] = pt.exp(lin)
 
-        pred = pt.zeros(len(data.obs))
-        for c, chain in enumerate(chains):
-            pred = pt.set_subtensor(
-                pred[data.chain_obs[chain]],
-                _chain_conc(spec, data.layouts[chain], {k: v[:, c] for k, v in ind.items()}),
-            )
-        pm.Deterministic("pred_ng_ml", pred, dims="obs")
+        flat = {k: v.reshape((-1,)) for k, v in ind.items()}  # subject-major, chain fastest
+        pred = _chain_conc(spec, data.layout, flat)
         _likelihood(spec, data, pred, observed)
     return model
 
@@ -276,7 +278,9 @@ def _subject_effects(
     return etas
 
 
-def _chain_conc(spec: PKSpec, layout: DoseObsLayout, p: dict[str, Any]) -> Any:
+def _chain_conc(
+    spec: PKSpec, layout: DoseObsLayout, p: dict[str, Any], conc: Any = pt_conc_ng_ml
+) -> Any:
     mets = spec.structure["metabolites"]
     metabolites = []
     if "NK" in mets:
@@ -298,7 +302,7 @@ def _chain_conc(spec: PKSpec, layout: DoseObsLayout, p: dict[str, Any]) -> Any:
             )
         )
     cl = p["cl_f"] + p["cl_o"] if mets else p["cl"]
-    return pt_conc_ng_ml(
+    return conc(
         layout,
         cl=cl,
         vc=p["vc"],
@@ -310,6 +314,17 @@ def _chain_conc(spec: PKSpec, layout: DoseObsLayout, p: dict[str, Any]) -> Any:
         f_bio=p.get("f_bio"),
         metabolites=metabolites,
     )
+
+
+def predict_ng_ml(spec: PKSpec, data: PKData, params: dict[str, Any]) -> np.ndarray:
+    """Concentrations (ng/mL) of every observation of ``data`` from individual parameters.
+
+    ``params[name]`` has shape (subject, chain) in ``data``'s order (or broadcasts to it); the
+    numpy reference solution of the same structure the model uses.
+    """
+    shape = (len(data.subjects), len(spec.chains))
+    flat = {k: np.broadcast_to(np.asarray(v, float), shape).reshape(-1) for k, v in params.items()}
+    return _chain_conc(spec, data.layout, flat, conc=np_conc_ng_ml)
 
 
 def censored_observations(spec: PKSpec, data: PKData) -> tuple[np.ndarray, np.ndarray]:
@@ -324,6 +339,14 @@ def censored_observations(spec: PKSpec, data: PKData) -> tuple[np.ndarray, np.nd
     lloq = obs["LLOQ"].to_numpy(float)
     value = np.where(blq, lloq, dv)
     if spec.spec["residual"]["model"] == "log_proportional":
+        bad = ~(value > 0)
+        if bad.any():
+            rows = obs.loc[bad, ["ID", "TIME", "ANALYTE", "DV"]].head(5).to_dict("records")
+            raise FitError(
+                f"model {spec.name} has a log-scale residual error, which needs DV > 0 (or "
+                f"BLQ rows with LLOQ > 0); {int(bad.sum())} observation(s) are not, e.g. {rows}. "
+                "Mark them BLQ or use an additive/combined residual model."
+            )
         value = np.log(value)
     lower = np.where(blq, value, -np.inf)
     return value, lower
@@ -333,11 +356,15 @@ def _likelihood(spec: PKSpec, data: PKData, pred: Any, observed: bool) -> None:
     a_idx = data.obs["ANALYTE"].map({a: k for k, a in enumerate(data.analytes)}).to_numpy()
     value, lower = censored_observations(spec, data)
     res = spec.spec["residual"]
-    sigma_prop = pm.HalfNormal("sigma_prop", res["sigma_prop_prior_sd"], dims="analyte")
     if res["model"] == "log_proportional":
+        sigma_prop = pm.HalfNormal("sigma_prop", res["sigma_prop_prior_sd"], dims="analyte")
         mu = pt.log(pt.maximum(pred, CONC_FLOOR_NG_ML))
         dist = pm.Normal.dist(mu=mu, sigma=sigma_prop[a_idx])
+    elif res["model"] == "additive":
+        sigma_add = pm.HalfNormal("sigma_add", res["sigma_add_prior_sd"], dims="analyte")
+        dist = pm.Normal.dist(mu=pred, sigma=sigma_add[a_idx])
     else:
+        sigma_prop = pm.HalfNormal("sigma_prop", res["sigma_prop_prior_sd"], dims="analyte")
         sigma_add = pm.HalfNormal("sigma_add", res["sigma_add_prior_sd"], dims="analyte")
         sd = pt.sqrt(sigma_add[a_idx] ** 2 + (sigma_prop[a_idx] * pred) ** 2)
         dist = pm.Normal.dist(mu=pred, sigma=sd)
@@ -356,10 +383,19 @@ def sample_pk(
 ) -> az.InferenceData:
     """Sample with nutpie (default) or PyMC's NUTS; add log-likelihood and constant data."""
     backend = sampler["backend"]
+    # Stored: everything but the standard-normal innovations z (recoverable as eta / omega)
+    # and the unconstrained twins of constrained variables.
+    keep = [
+        v.name
+        for v in (*model.free_RVs, *model.deterministics)
+        if not v.name.startswith("z_") and v.name != "chol_eta"
+    ]
+    t0 = time.perf_counter()
     if backend == "nutpie":
         import nutpie
 
         compiled = nutpie.compile_pymc_model(model)
+        t1 = time.perf_counter()
         idata = nutpie.sample(
             compiled,
             draws=sampler["draws"],
@@ -373,25 +409,33 @@ def sample_pk(
         )
     elif backend == "pymc":
         with model:
+            # The step method compiles the log density and its gradient: outside the timing.
+            step = pm.NUTS(target_accept=sampler["target_accept"])
+            t1 = time.perf_counter()
             idata = pm.sample(
+                step=step,
                 draws=sampler["draws"],
                 tune=sampler["tune"],
                 chains=sampler["chains"],
                 cores=sampler["cores"],
                 random_seed=seed,
-                target_accept=sampler["target_accept"],
                 progressbar=False,
                 compute_convergence_checks=False,
             )
     else:  # guarded by the config schema
         raise FitError(f"unknown sampler backend {backend!r}")
-    idata = az.InferenceData(
-        posterior=idata.posterior, sample_stats=_standard_sample_stats(idata.sample_stats)
-    )
-    with model:
+    t2 = time.perf_counter()
+    full = az.InferenceData(posterior=idata.posterior)
+    with model:  # needs every free variable, the innovations included
         pm.compute_log_likelihood(
-            idata, var_names=["y"], extend_inferencedata=True, progressbar=False
+            full, var_names=["y"], extend_inferencedata=True, progressbar=False
         )
+    # Unconstrained twins ("..._log__") and innovations are not kept (nutpie stores both).
+    idata = az.InferenceData(
+        posterior=idata.posterior[[v for v in idata.posterior.data_vars if v in keep]],
+        sample_stats=_standard_sample_stats(idata.sample_stats),
+        log_likelihood=full.log_likelihood,
+    )
     _add_data_groups(idata, spec, data)
     idata.posterior.attrs.update(
         {
@@ -401,6 +445,8 @@ def sample_pk(
             "ketamine_pmx_version": __version__,
             "sampler": backend,
             "seed": int(seed),
+            "compile_seconds": round(t1 - t0, 3),
+            "sampling_seconds": round(t2 - t1, 3),
         }
     )
     return idata
@@ -408,7 +454,11 @@ def sample_pk(
 
 def _standard_sample_stats(stats: xr.Dataset) -> xr.Dataset:
     """Sample stats under ArviZ's names whichever sampler produced them."""
-    rename = {"divergent": "diverging", "mean_tree_accept": "acceptance_rate"}
+    rename = {
+        "divergent": "diverging",
+        "mean_tree_accept": "acceptance_rate",
+        "depth": "tree_depth",
+    }
     stats = stats.rename({k: v for k, v in rename.items() if k in stats and v not in stats})
     keep = [
         v
@@ -483,7 +533,9 @@ def population_variables(idata: az.InferenceData) -> list[str]:
         for v in post.data_vars
         if "subject" not in post[v].dims
         and "obs" not in post[v].dims
-        and not v.startswith(("z_", "chol_eta"))
+        and not v.startswith("z_")
+        and v != "chol_eta"
+        and not v.endswith("__")  # unconstrained twins (nutpie stores them too)
         and post[v].ndim >= 2
     ]
 
@@ -583,3 +635,45 @@ def describe(idata: az.InferenceData) -> str:
     return json.dumps(
         {k: attrs.get(k) for k in ("model", "sampler", "seed", "ketamine_pmx_version")}
     )
+
+
+def compare_with_truth(
+    idata: az.InferenceData, truth: dict[str, float], prob: float = 0.90
+) -> pd.DataFrame:
+    """Posterior mean and central interval of each parameter against a known true value.
+
+    ``truth`` maps a posterior element (``"log_cl_f_pop[S]"``, ``"omega_cl[R]"``, ...) to its
+    true value *on the natural scale* (``log_`` and ``logit_`` variables are compared after
+    exp / inverse-logit; ``e_cyp2b6`` as the multiplier exp(e)). Elements missing from the
+    posterior are skipped.
+    """
+    post = idata.posterior
+    lo, hi = (1 - prob) / 2, 1 - (1 - prob) / 2
+    rows = []
+    for element, true in truth.items():
+        var, _, coord = element.partition("[")
+        if var not in post:
+            continue
+        x = post[var]
+        if coord:
+            dim = next(d for d in x.dims if d not in ("chain", "draw"))
+            x = x.sel({dim: coord.rstrip("]")})
+        x = x.values.ravel()
+        if var.startswith("logit_"):
+            x, name = 1 / (1 + np.exp(-x)), element.replace("logit_", "", 1)
+        elif var.startswith("log_") or var == "e_cyp2b6":
+            x, name = np.exp(x), element.replace("log_", "", 1)
+        else:
+            name = element
+        q_lo, q_hi = np.quantile(x, [lo, hi])
+        rows.append(
+            {
+                "parameter": name,
+                "truth": true,
+                "mean": float(x.mean()),
+                f"q{lo * 100:g}": float(q_lo),
+                f"q{hi * 100:g}": float(q_hi),
+                "inside": bool(q_lo <= true <= q_hi),
+            }
+        )
+    return pd.DataFrame(rows)

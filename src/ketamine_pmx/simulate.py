@@ -142,8 +142,9 @@ def _check_parameters(p: Any) -> list[str]:
         reg = spec.get("regimen", {})
         if reg.get("type") not in ("per_kg_single", "daily_titrated", "continuous_titrated"):
             problems.append(f"arms.{arm}.regimen.type: unknown regimen type {reg.get('type')!r}")
-        if reg.get("formulation") not in DOSE_TARGETS:
-            problems.append(f"arms.{arm}.regimen.formulation: must be one of {list(DOSE_TARGETS)}")
+        ketamine = [t for t, frac in DOSE_TARGETS.items() if "S" in frac]
+        if reg.get("formulation") not in ketamine:
+            problems.append(f"arms.{arm}.regimen.formulation: must be one of {ketamine}")
     for ind, arm in p["response"].get("reference_arm", {}).items():
         if arm not in p["arms"]:
             problems.append(f"response.reference_arm.{ind}: unknown arm {arm!r}")
@@ -829,6 +830,32 @@ def simulate_trial(config: dict[str, Any]) -> SimulatedTrial:
         for arm, g in truth.groupby("ARM", sort=True)
     }
     return SimulatedTrial(data=data, subjects=truth, population=population)
+
+
+def pk_truth(population: dict[str, Any]) -> dict[str, float]:
+    """The simulator's true PK values named as the enantiomer-specific PK models name them.
+
+    ``population`` is ``truth_population.json``. Typical values are per 70 kg for a CYP2B6
+    normal metaboliser: the model's cl_f is fm_nk * cl and cl_o the rest; e_cyp2b6 is the
+    multiplier of cl_f; omegas are SDs of the log parameters; sigma_prop the proportional
+    part of the residual error (the simulator adds a small additive part).
+    """
+    pk = population["parameters"]["pk"]
+    out: dict[str, float] = {}
+    for c, p in pk["enantiomers"].items():
+        out[f"log_cl_f_pop[{c}]"] = p["fm_nk"] * p["cl"]
+        out[f"log_cl_o_pop[{c}]"] = (1 - p["fm_nk"]) * p["cl"]
+        for name in ("vc", "q", "vp", "cl_nk", "cl_hnk"):
+            out[f"log_{name}_pop[{c}]"] = p[name]
+        out[f"logit_fm_hnk_pop[{c}]"] = p["fm_hnk"]
+        for group, omega in pk["omega"].items():
+            out[f"omega_{group}[{c}]"] = omega
+    for cls, mult in pk["cyp2b6_clf_multiplier"].items():
+        if cls != "NM":
+            out[f"e_cyp2b6[{cls}]"] = mult
+    for analyte, sigma in pk["residual"]["sigma_prop"].items():
+        out[f"sigma_prop[{analyte}]"] = sigma
+    return out
 
 
 def trial_summary(trial: SimulatedTrial) -> str:

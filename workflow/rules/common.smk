@@ -20,6 +20,16 @@ def rule_resources(name):
     return config["resources"].get(name, {})
 
 
+def config_for(*sections):
+    """The config sections a rule depends on (its params: changing others must not rerun it)."""
+    subset = {key: config[key] for key in sections if "." not in key}
+    for key in sections:
+        if "." in key:
+            head, tail = key.split(".", 1)
+            subset.setdefault(head, {})[tail] = config[head][tail]
+    return subset
+
+
 def get_dataset(wildcards):
     """The dataset validate_data reads: the user's file, or the simulated virtual trial."""
     if config["data"]["path"]:
@@ -33,6 +43,7 @@ def get_final_outputs():
         rules.validate_data.output.summary_json,
         rules.validate_data.output.summary_md,
         rules.validate_data.output.overview,
+        *get_pk_outputs(),
     ]
 
 
@@ -42,7 +53,9 @@ wildcard_constraints:
 
 def get_pk_spec(wildcards):
     """The specification file of a PK model."""
-    return repo_path(os.path.join(config["models"]["dir"], f"{wildcards.pk_model}.yaml"))
+    return repo_path(
+        os.path.join(config["models"]["dir"], f"{wildcards.pk_model}.yaml")
+    )
 
 
 def get_pk_outputs():

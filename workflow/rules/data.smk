@@ -18,7 +18,7 @@ rule simulate_trial:
         mem_mb=rule_resources("simulate_trial").get("mem_mb", 2000),
         runtime=rule_resources("simulate_trial").get("runtime", 30),
     params:
-        config=config,
+        config=config_for("simulation", "seeds.simulate", "data"),
     script:
         "../scripts/simulate_trial.py"
 
@@ -46,6 +46,6 @@ rule validate_data:
         mem_mb=rule_resources("validate_data").get("mem_mb", 2000),
         runtime=rule_resources("validate_data").get("runtime", 10),
     params:
-        config=config,
+        config=config_for("data"),
     script:
         "../scripts/validate_data.py"

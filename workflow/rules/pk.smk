@@ -12,13 +12,13 @@ rule fit_pk:
         f"{RESULTS}/logs/fit_pk/{{pk_model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/fit_pk/{{pk_model}}.tsv"
-    params:
-        sampler=config["sampler"],
-        seed=config["seeds"]["fit_pk"],
     threads: config["sampler"]["cores"]
     resources:
         mem_mb=rule_resources("fit_pk").get("mem_mb", 8000),
         runtime=rule_resources("fit_pk").get("runtime", 120),
+    params:
+        sampler=config["sampler"],
+        seed=config["seeds"]["fit_pk"],
     script:
         "../scripts/fit_pk.py"
 
@@ -36,11 +36,11 @@ rule diagnose_pk:
         gate=f"{RESULTS}/pk/{{pk_model}}/gate.json",
     log:
         f"{RESULTS}/logs/diagnose_pk/{{pk_model}}.log",
-    params:
-        gate=config["gate"],
     threads: 1
     resources:
         mem_mb=rule_resources("diagnose_pk").get("mem_mb", 4000),
         runtime=rule_resources("diagnose_pk").get("runtime", 10),
+    params:
+        gate=config["gate"],
     script:
         "../scripts/diagnose_pk.py"

@@ -2,7 +2,13 @@
 
 import sys
 
-from ketamine_pmx.inference import diagnostics_table, gate, load_idata, run_statistics, write_diagnostics
+from ketamine_pmx.inference import (
+    diagnostics_table,
+    gate,
+    load_idata,
+    run_statistics,
+    write_diagnostics,
+)
 
 log = open(snakemake.log[0], "w", buffering=1)
 sys.stderr = log
