@@ -20,3 +20,16 @@ def test_data_overview_has_a_panel_per_group_and_analyte(tmp_path):
     assert len(fig.axes) == 3 * 7  # 3 arms x (6 analytes + scores)
     assert fig.axes[0].get_yscale() == "log"
     fig.savefig(tmp_path / "x.png")
+
+
+def test_overview_of_a_dataset_without_arms_or_indications():
+    from conftest import REPO
+
+    from ketamine_pmx.config import load_config
+    from ketamine_pmx.data import load_dataset
+    from ketamine_pmx.plots import data_overview
+
+    config = load_config(REPO / "config" / "theophylline.yaml")
+    table = load_dataset(REPO / config["data"]["path"], config["data"]).table
+    fig = data_overview(table)
+    assert len(fig.axes) == 1 and fig.axes[0].get_yscale() == "log"

@@ -61,6 +61,39 @@ def test_smoke_run_writes_the_validated_dataset_and_summary(smoke_run):
     assert (smoke_run / "benchmarks" / "simulate_trial.tsv").exists()
 
 
+def test_smoke_run_fits_every_pk_model_and_gates_it(smoke_run):
+    import arviz as az
+
+    for model in ("pk_2cmt_metab", "pk_1cmt_metab"):
+        folder = smoke_run / "pk" / model
+        idata = az.from_netcdf(folder / "posterior.nc")
+        assert {"posterior", "log_likelihood", "constant_data", "observed_data"} <= set(
+            idata.groups()
+        )
+        assert idata.posterior.attrs["model"] == model
+        assert idata.posterior.sizes["chain"] == 2 and idata.posterior.sizes["draw"] == 200
+        table = pd.read_csv(folder / "diagnostics.csv")
+        assert {"r_hat", "ess_bulk", "ess_tail"} <= set(table.columns)
+        gate = json.loads((folder / "gate.json").read_text())
+        assert {"gate_passed", "gate_failures", "divergences", "e_bfmi_min"} <= set(gate)
+        log = (smoke_run / "logs" / "diagnose_pk" / f"{model}.log").read_text()
+        assert "diagnostic gate" in log
+
+
+def test_a_failing_gate_stops_the_run(smoke_run, tmp_path):
+    """Smoke-sized chains cannot reach ESS 400: with the gate enforced the run must stop."""
+    work = tmp_path / "work"
+    shutil.copytree(smoke_run.parents[1], work, symlinks=True)
+    extra = tmp_path / "strict.yaml"
+    extra.write_text(yaml.safe_dump({"gate": {"allow_failure": False}}))
+    posterior = work / "results" / "smoke" / "pk" / "pk_2cmt_metab" / "posterior.nc"
+    before = posterior.stat().st_mtime_ns
+    proc = _snakemake(work, "--forcerun", "diagnose_pk", configfiles=("config/smoke.yaml", extra))
+    assert proc.returncode != 0
+    assert "diagnostic gate FAILED" in proc.stderr + proc.stdout
+    assert posterior.stat().st_mtime_ns == before  # only the gate was rerun
+
+
 def test_smoke_run_is_reproducible(smoke_run, tmp_path):
     proc = _snakemake(tmp_path, "--until", "simulate_trial")
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -74,7 +107,9 @@ def test_user_dataset_replaces_the_simulated_trial(smoke_run, tmp_path):
     before = user.read_bytes()
     extra = tmp_path / "user.yaml"
     extra.write_text(yaml.safe_dump({"data": {"path": str(user)}}))
-    proc = _snakemake(tmp_path, configfiles=("config/smoke.yaml", extra))
+    proc = _snakemake(
+        tmp_path, "--until", "validate_data", configfiles=("config/smoke.yaml", extra)
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert not (tmp_path / "results" / "smoke" / "simulated").exists()  # nothing simulated
     summary = json.loads((tmp_path / "results" / "smoke" / "data" / "summary.json").read_text())
@@ -90,7 +125,9 @@ def test_malformed_user_dataset_stops_the_run_with_located_messages(smoke_run, t
     frame.to_csv(user, index=False)
     extra = tmp_path / "user.yaml"
     extra.write_text(yaml.safe_dump({"data": {"path": str(user)}}))
-    proc = _snakemake(tmp_path, configfiles=("config/smoke.yaml", extra))
+    proc = _snakemake(
+        tmp_path, "--until", "validate_data", configfiles=("config/smoke.yaml", extra)
+    )
     assert proc.returncode != 0
     log = (tmp_path / "results" / "smoke" / "logs" / "validate_data.log").read_text()
     assert "line 6, column TIME" in log and "[time-invalid]" in log

@@ -24,6 +24,9 @@ def data_overview(table: pd.DataFrame, max_subjects_per_group: int = 60) -> Figu
     """
     obs = table[table["EVID"] == EVID_OBSERVATION]
     group_col = "ARM" if table["ARM"].notna().all() else "INDICATION"
+    if obs[group_col].isna().all():  # neither arms nor indications (e.g. a reference dataset)
+        obs = obs.assign(GROUP="all")
+        group_col = "GROUP"
     groups = sorted(obs[group_col].dropna().unique())
     analytes = [a for a in CONCENTRATION_ANALYTES if a in set(obs["ANALYTE"])]
     scores = [a for a in SCORE_ANALYTES if a in set(obs["ANALYTE"])]

@@ -1,0 +1,219 @@
+"""Population PK fitting: data preparation, the model's log density, the fit, the gate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats as st
+from conftest import REPO, make_config
+
+from ketamine_pmx.data import load_dataset
+from ketamine_pmx.inference import (
+    FitError,
+    build_pk_model,
+    censored_observations,
+    diagnostics_table,
+    eta_shrinkage,
+    fit_pk,
+    gate,
+    load_idata,
+    predict_ng_ml,
+    prepare_pk_data,
+    run_statistics,
+    save_idata,
+)
+from ketamine_pmx.simulate import simulate_trial
+from ketamine_pmx.specs import load_pk_spec
+
+MODELS = REPO / "models"
+GATE = {"rhat_max": 1.01, "ess_min": 400, "max_divergences": 0, "e_bfmi_min": 0.3}
+
+
+@pytest.fixture(scope="module")
+def trial(tmp_path_factory):
+    config = make_config()
+    sim = simulate_trial(config)
+    paths = sim.write(tmp_path_factory.mktemp("trial"))
+    table = load_dataset(paths["data"], config["data"]).table
+    return table, sim.subjects
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_pk_spec(MODELS / "pk_2cmt_metab.yaml")
+
+
+def true_parameters(subjects: pd.DataFrame, data) -> dict[str, np.ndarray]:
+    """The simulator's individual parameters as (subject, chain) arrays for pk_2cmt_metab."""
+    s = subjects.set_index("ID").loc[data.subjects]
+    out = {}
+    names = {"cl_f": "clf", "vc": "vc", "q": "q", "vp": "vp", "cl_nk": "cl_nk"}
+    names |= {"v_nk": "v_nk", "fm_hnk": "fm_hnk", "cl_hnk": "cl_hnk", "v_hnk": "v_hnk"}
+    for name, col in names.items():
+        out[name] = s[[f"S_{col}", f"R_{col}"]].to_numpy(float)
+    out["cl_o"] = s[["S_cl", "R_cl"]].to_numpy(float) - out["cl_f"]
+    return out
+
+
+def test_layout_reproduces_the_simulated_data_at_the_true_parameters(trial, spec):
+    """Log residuals at the true individual parameters are the simulator's residual error.
+
+    A wrong dose split, chain, level or subject mapping shows up as a shifted mean.
+    """
+    table, subjects = trial
+    data = prepare_pk_data(table, spec)
+    pred = predict_ng_ml(spec, data, true_parameters(subjects, data))
+    obs = data.obs.assign(res=np.log(data.obs["DV"]) - np.log(pred))
+    obs = obs[obs["BLQ"] == 0]
+    stats = obs.groupby("ANALYTE")["res"].agg(["mean", "std", "size"])
+    assert set(stats.index) == set(spec.analytes)
+    assert (stats["mean"].abs() < 0.12).all(), stats
+    assert stats["std"].between(0.08, 0.3).all(), stats
+
+
+def test_model_gradient_matches_finite_differences(trial, spec):
+    table, _ = trial
+    model = build_pk_model(spec, prepare_pk_data(table, spec))
+    logp, dlogp = model.compile_logp(), model.compile_dlogp()
+    point = model.initial_point()
+    rng = np.random.default_rng(3)
+    point = {k: v + 0.1 * rng.standard_normal(np.shape(v)) for k, v in point.items()}
+    grad = dlogp(point)
+    names = [v.name for v in model.value_vars]
+    sizes = [np.size(point[n]) for n in names]
+    offsets = np.cumsum([0, *sizes])
+    checked = 0
+    for k, name in enumerate(names):
+        if name.startswith("z_"):
+            continue  # thousands of them; the population parameters carry the checks
+        for j in range(sizes[k]):
+            h = 1e-5
+            up, down = dict(point), dict(point)
+            up[name] = np.array(point[name], float).copy()
+            down[name] = up[name].copy()
+            up[name].flat[j] += h
+            down[name].flat[j] -= h
+            fd = (logp(up) - logp(down)) / (2 * h)
+            assert grad[offsets[k] + j] == pytest.approx(fd, rel=1e-4, abs=1e-4), (name, j)
+            checked += 1
+    assert checked > 20
+
+
+def test_blq_rows_contribute_the_normal_cdf(spec):
+    rows = [
+        (1, 0.0, 1, "KET", 35.0, 52.5, np.nan, 1, np.nan, 0),
+        (1, 1.0, 0, "S_KET", 0.0, 0.0, 50.0, 0, 1.0, 0),
+        (1, 30.0, 0, "S_KET", 0.0, 0.0, 1.0, 0, 1.0, 1),
+    ]
+    cols = ["ID", "TIME", "EVID", "ANALYTE", "AMT", "RATE", "DV", "MDV", "LLOQ", "BLQ"]
+    table = pd.DataFrame(rows, columns=cols).assign(WT=70.0, CYP2B6_CLASS="NM")
+    data = prepare_pk_data(table, spec)
+    value, lower = censored_observations(spec, data)
+    assert lower[0] == -np.inf and lower[1] == value[1] == 0.0  # log(LLOQ = 1)
+    model = build_pk_model(spec, data)
+    point = model.initial_point()
+    pointwise = model.compile_fn(model.logp(vars=model.observed_RVs, sum=False)[0])(point)
+    sd = np.exp(point["sigma_prop_log__"])[0]
+    # The prediction at this point (typical subject: etas 0, 70 kg, NM), by the numpy reference.
+    ind = {
+        name: np.exp(point[f"log_{name}_pop"])[None, :]
+        for name in ("cl_f", "cl_o", "vc", "q", "vp", "cl_nk", "cl_hnk")
+    }
+    ind["fm_hnk"] = 1 / (1 + np.exp(-point["logit_fm_hnk_pop"]))[None, :]
+    ind["v_nk"] = np.array([[250.0, 250.0]])
+    ind["v_hnk"] = np.array([[115.0, 115.0]])
+    pred = predict_ng_ml(spec, data, ind)
+    expected = [
+        st.norm.logpdf(np.log(50.0), np.log(pred[0]), sd),
+        st.norm.logcdf(0.0, np.log(pred[1]), sd),
+    ]
+    np.testing.assert_allclose(pointwise, expected, rtol=1e-6)
+
+
+def test_log_scale_error_refuses_nonpositive_concentrations(trial, spec):
+    table = trial[0].copy()
+    first = table.index[(table["EVID"] == 0) & (table["ANALYTE"] == "S_KET") & (table["BLQ"] == 0)]
+    table.loc[first[0], "DV"] = 0.0
+    with pytest.raises(FitError, match="DV > 0"):
+        censored_observations(spec, prepare_pk_data(table, spec))
+
+
+def test_a_model_without_its_analytes_is_refused(trial, spec):
+    table = trial[0]
+    table = table[~table["ANALYTE"].isin(spec.analytes) | (table["EVID"] == 1)]
+    with pytest.raises(FitError, match="has none of them"):
+        prepare_pk_data(table, spec)
+
+
+def _table(rhat=1.0, ess=1000.0):
+    return pd.DataFrame(
+        {
+            "parameter": ["log_cl_f_pop[S]", "omega_cl[S]", "shrinkage_eta_cl[S]"],
+            "r_hat": [1.001, rhat, np.nan],
+            "ess_bulk": [2000.0, ess, np.nan],
+            "ess_tail": [2000.0, ess, np.nan],
+        }
+    )
+
+
+def test_gate_passes_a_good_fit_and_names_every_failure():
+    good = {"divergences": 0, "e_bfmi_min": 0.9}
+    assert gate(_table(), good, GATE) == []
+    failures = gate(_table(rhat=1.05, ess=120.0), {"divergences": 3, "e_bfmi_min": 0.1}, GATE)
+    text = "\n".join(failures)
+    assert len(failures) == 5
+    assert "R-hat 1.050" in text and "omega_cl[S]" in text and "ess_bulk 120" in text
+    assert "3 divergent" in text and "E-BFMI 0.10" in text
+
+
+@pytest.fixture(scope="module")
+def smoke_fit(trial, spec):
+    sampler = {
+        "backend": "nutpie",
+        "draws": 150,
+        "tune": 150,
+        "chains": 2,
+        "cores": 2,
+        "target_accept": 0.9,
+        "low_rank_mass_matrix": True,
+    }
+    return fit_pk(trial[0], spec, sampler, seed=11)
+
+
+def test_fit_writes_inferencedata_with_named_dims_and_loglik(smoke_fit, spec, tmp_path):
+    idata, data = smoke_fit
+    post = idata.posterior
+    assert {"posterior", "log_likelihood", "constant_data", "observed_data", "sample_stats"} <= set(
+        idata.groups()
+    )
+    assert post["log_cl_f_pop"].dims == ("chain", "draw", "enantiomer")
+    assert list(post["enantiomer"].values) == ["S", "R"]
+    assert post["eta_cl"].dims == ("chain", "draw", "subject", "enantiomer")
+    assert not any(v.startswith("z_") for v in post.data_vars)
+    loglik = idata.log_likelihood["y"]
+    assert loglik.dims == ("chain", "draw", "obs") and loglik.sizes["obs"] == len(data.obs)
+    assert np.isfinite(loglik.values).all()
+    assert set(idata.constant_data["obs_analyte"].values) == set(spec.analytes)
+    assert post.attrs["spec_sha256"] == spec.sha256 and post.attrs["sampling_seconds"] > 0
+    path = tmp_path / "posterior.nc"
+    save_idata(idata, path)
+    again = load_idata(path, spec)
+    np.testing.assert_array_equal(again.posterior["omega_cl"], post["omega_cl"])
+    other = load_pk_spec(MODELS / "pk_1cmt_metab.yaml")
+    with pytest.raises(FitError, match="refit"):
+        load_idata(path, other)
+
+
+def test_diagnostics_table_and_a_short_run_fails_the_gate(smoke_fit):
+    idata, _ = smoke_fit
+    table = diagnostics_table(idata)
+    assert {"parameter", "mean", "q5", "q95", "r_hat", "ess_bulk", "ess_tail"} <= set(table)
+    assert {"shrinkage_eta_cl[S]", "shrinkage_eta_cl[R]"} <= set(table["parameter"])
+    shrink = eta_shrinkage(idata)
+    assert all(-1 < v < 1 for v in shrink.values())
+    stats = run_statistics(idata)
+    assert stats["chains"] == 2 and stats["draws"] == 150
+    # 2 x 150 draws cannot reach 400 effective samples: the gate must say so.
+    failures = gate(table, stats, GATE)
+    assert any(f.startswith("ess_bulk") for f in failures)
