@@ -370,10 +370,9 @@ def sampling_times(arm: dict[str, Any], doses: list[Dose], rng: np.random.Genera
         if day > len(doses):
             continue
         dose = doses[day - 1]
-        after = min(
-            float(_jitter(np.array([spec["after_start_h"]]), sd, rng)[0]), dose.end - dose.time
-        )
-        times.append(dose.time + after)
+        # Not clamped to the infusion's end: a sample planned after it (e.g. 6 h after the
+        # start of a 4-h infusion) is taken then, not merged with the end-of-infusion sample.
+        times.append(dose.time + float(_jitter(np.array([spec["after_start_h"]]), sd, rng)[0]))
     return np.sort(np.unique(np.round(times, 4)))
 
 
