@@ -1,0 +1,219 @@
+"""Population PK fitting benchmark: nutpie vs PyMC's NUTS (and Stan, through pystan).
+
+For each trial size (subjects; the three arms keep the default trial's 120:60:30 split), the
+virtual trial is simulated with the default truth and seed, validated through the data
+contract, and the default PK model (models/pk_2cmt_metab.yaml) is fitted with each backend,
+every fit in its own process (so peak memory is that fit's). Recorded per fit: compile seconds,
+sampling seconds (tuning + draws), min bulk and tail ESS over the population parameters, min
+bulk ESS per sampling second, seconds per effective sample, divergences, max R-hat and the
+fit's peak resident memory. The table goes to benchmarks/results/pk_fit.csv with the machine
+and the command; the scaling exponent of seconds per effective sample against subjects
+(least squares on log-log, per backend) and the nutpie/Stan ESS-per-second ratio go to
+benchmarks/results/pk_fit_summary.json.
+
+Usage (defaults: the issue's protocol, 4 chains x 1000 draws after 1000 tuning, 2 cores):
+
+    python benchmarks/pk_fit.py
+    python benchmarks/pk_fit.py --sizes 50 100 --backends nutpie --draws 500 --tune 500
+
+Stan needs the ``bench`` extra (``pip install -e '.[bench]'``); it is skipped, with a note,
+when pystan is not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+ARMS = {"MDD": 120, "CRPS_OUT": 60, "CRPS_IN": 30}
+
+
+def trial_arms(n_subjects: int) -> dict[str, int]:
+    """The default trial's arm split scaled to ``n_subjects`` (largest remainders)."""
+    total = sum(ARMS.values())
+    raw = {k: n_subjects * v / total for k, v in ARMS.items()}
+    arms = {k: int(np.floor(v)) for k, v in raw.items()}
+    for k in sorted(raw, key=lambda k: raw[k] - arms[k], reverse=True)[
+        : n_subjects - sum(arms.values())
+    ]:
+        arms[k] += 1
+    return arms
+
+
+def make_table(n_subjects: int, seed: int) -> pd.DataFrame:
+    """Simulate and validate a trial of ``n_subjects`` (the clean table the fit reads)."""
+    from ketamine_pmx.config import load_config
+    from ketamine_pmx.data import load_dataset, read_clean, write_clean
+    from ketamine_pmx.simulate import simulate_trial
+
+    config = load_config(REPO / "config" / "config.yaml")
+    config["simulation"]["arms"] = trial_arms(n_subjects)
+    config["seeds"]["simulate"] = seed
+    trial = simulate_trial(config)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = trial.write(tmp)
+        write_clean(load_dataset(paths["data"], config["data"]), Path(tmp) / "clean.csv")
+        return read_clean(Path(tmp) / "clean.csv")
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    """One fit (called in a child process); returns its row."""
+    from ketamine_pmx.inference import (
+        diagnostics_table,
+        fit_pk,
+        population_variables,
+        run_statistics,
+    )
+    from ketamine_pmx.specs import load_pk_spec
+
+    table = make_table(args.one_size, args.trial_seed)
+    spec = load_pk_spec(REPO / "models" / f"{args.model}.yaml")
+    sampler = {
+        "backend": args.one_backend,
+        "draws": args.draws,
+        "tune": args.tune,
+        "chains": args.chains,
+        "cores": args.cores,
+        "target_accept": args.target_accept,
+        "low_rank_mass_matrix": not args.diagonal,
+    }
+    if args.one_backend == "stan":
+        sys.path.insert(0, str(HERE / "stan"))
+        from run_stan import fit_stan
+
+        out = fit_stan(
+            table, spec, chains=args.chains, draws=args.draws, tune=args.tune, seed=args.seed
+        )
+        idata, compile_s, sampling_s = out["idata"], out["compile_s"], out["sampling_s"]
+    else:
+        idata, _ = fit_pk(table, spec, sampler, args.seed)
+        attrs = idata.posterior.attrs
+        compile_s, sampling_s = attrs["compile_seconds"], attrs["sampling_seconds"]
+    diag = diagnostics_table(idata)
+    params = diag[diag["parameter"].str.split("[").str[0].isin(population_variables(idata))]
+    stats = run_statistics(idata)
+    ess_bulk = float(params["ess_bulk"].min())
+    return {
+        "subjects": args.one_size,
+        "backend": args.one_backend,
+        "observations": int(idata.observed_data["y"].size),
+        "compile_s": round(float(compile_s), 2),
+        "sampling_s": round(float(sampling_s), 2),
+        "min_ess_bulk": round(ess_bulk, 1),
+        "min_ess_tail": round(float(params["ess_tail"].min()), 1),
+        "worst_parameter": str(params.loc[params["ess_bulk"].idxmin(), "parameter"]),
+        "min_ess_per_s": round(ess_bulk / float(sampling_s), 3),
+        "s_per_ess": round(float(sampling_s) / ess_bulk, 4),
+        "max_rhat": round(float(params["r_hat"].max()), 4),
+        "divergences": stats["divergences"],
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def scaling_exponent(rows: pd.DataFrame) -> float:
+    """Slope of log(seconds per effective sample) on log(subjects)."""
+    if rows["subjects"].nunique() < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(rows["subjects"]), np.log(rows["s_per_ess"]), 1)[0])
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}; {os.cpu_count()} logical CPUs; {platform.system()} {platform.release()}; Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 400])
+    p.add_argument("--backends", nargs="+", default=["nutpie", "pymc", "stan"])
+    p.add_argument("--model", default="pk_2cmt_metab")
+    p.add_argument("--draws", type=int, default=1000)
+    p.add_argument("--tune", type=int, default=1000)
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--cores", type=int, default=2)
+    p.add_argument("--target-accept", type=float, default=0.9)
+    p.add_argument("--diagonal", action="store_true", help="nutpie: diagonal mass matrix only")
+    p.add_argument("--seed", type=int, default=1, help="sampler seed")
+    p.add_argument("--trial-seed", type=int, default=20261121, help="simulator seed")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "pk_fit.csv")
+    p.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--one-backend", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    if args.one_size is not None:  # child: one fit, one JSON line on stdout
+        print("ROW " + json.dumps(run_one(args)), flush=True)
+        return 0
+
+    command = "python benchmarks/pk_fit.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    rows, notes = [], []
+    for size in args.sizes:
+        for backend in args.backends:
+            if backend == "stan":
+                try:
+                    import stan  # noqa: F401
+                except ImportError:
+                    notes.append(
+                        "stan skipped: pystan is not installed (pip install -e '.[bench]')"
+                    )
+                    continue
+            child = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
+            child += ["--one-size", str(size), "--one-backend", backend]
+            t0 = time.perf_counter()
+            proc = subprocess.run(child, capture_output=True, text=True, cwd=REPO)
+            found = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
+            if proc.returncode != 0 or not found:
+                notes.append(f"{backend} at {size} subjects failed: {proc.stderr.strip()[-400:]}")
+                print(notes[-1], file=sys.stderr)
+                continue
+            row = json.loads(found[-1][4:])
+            row["wall_s"] = round(time.perf_counter() - t0, 1)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if not rows:
+        print("no fit succeeded", file=sys.stderr)
+        return 1
+    table = pd.DataFrame(rows)
+    table["machine"] = machine()
+    table["command"] = command
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out, index=False)
+    summary: dict = {"command": command, "machine": machine(), "notes": notes}
+    for backend, sub in table.groupby("backend"):
+        summary[f"{backend}_s_per_ess_exponent"] = round(scaling_exponent(sub), 3)
+    if {"nutpie", "stan"} <= set(table["backend"]):
+        wide = table.pivot(index="subjects", columns="backend", values="min_ess_per_s")
+        ratio = (wide["nutpie"] / wide["stan"]).dropna()
+        summary["nutpie_over_stan_min_ess_per_s"] = {int(k): round(v, 2) for k, v in ratio.items()}
+    if {"nutpie", "pymc"} <= set(table["backend"]):
+        wide = table.pivot(index="subjects", columns="backend", values="min_ess_per_s")
+        ratio = (wide["nutpie"] / wide["pymc"]).dropna()
+        summary["nutpie_over_pymc_min_ess_per_s"] = {int(k): round(v, 2) for k, v in ratio.items()}
+    args.out.with_name(args.out.stem + "_summary.json").write_text(json.dumps(summary, indent=2))
+    print(table.drop(columns=["machine", "command"]).to_string(index=False))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

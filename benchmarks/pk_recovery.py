@@ -1,0 +1,38 @@
+"""Parameter recovery of a PK fit of the virtual trial: truth vs posterior mean and 90% interval.
+
+Usage (after the default workflow has run, or on any posterior of simulated data):
+
+    python benchmarks/pk_recovery.py results/pk/pk_2cmt_metab/posterior.nc \\
+        results/simulated/truth_population.json [--out recovery.csv]
+
+Prints a Markdown table and the share of true values inside their 90% intervals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ketamine_pmx.inference import compare_with_truth, load_idata
+from ketamine_pmx.simulate import pk_truth
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("posterior")
+    p.add_argument("truth_population")
+    p.add_argument("--out")
+    args = p.parse_args(argv)
+    idata = load_idata(args.posterior)
+    with open(args.truth_population, encoding="utf-8") as fh:
+        truth = pk_truth(json.load(fh))
+    table = compare_with_truth(idata, truth)
+    if args.out:
+        table.to_csv(args.out, index=False)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    print(f"\n{table['inside'].sum()} of {len(table)} true values inside their 90% intervals")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
