@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from resource import RUSAGE_CHILDREN, RUSAGE_SELF
 
 import numpy as np
 import pandas as pd
@@ -120,7 +121,11 @@ def run_one(args: argparse.Namespace) -> dict:
         "s_per_ess": round(float(sampling_s) / ess_bulk, 4),
         "max_rhat": round(float(params["r_hat"].max()), 4),
         "divergences": stats["divergences"],
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        # Stan's chains run in worker processes: count the largest of them too.
+        "peak_rss_mb": round(
+            max(resource.getrusage(who).ru_maxrss for who in (RUSAGE_SELF, RUSAGE_CHILDREN)) / 1024,
+            1,
+        ),
     }
 
 
