@@ -47,7 +47,7 @@ from .contract import (
     EVID_OBSERVATION,
     MOLAR_MASS_G_MOL,
 )
-from .io import atomic_path, write_csv
+from .io import atomic_path, write_csv, write_json
 from .pk import DoseObsLayout, Metabolite, build_layout, np_conc_ng_ml, pt_conc_ng_ml
 from .specs import PKSpec
 
@@ -615,8 +615,6 @@ def gate(table: pd.DataFrame, stats: dict[str, Any], rules: dict[str, Any]) -> l
 def write_diagnostics(
     table: pd.DataFrame, stats: dict[str, Any], failures: list[str], csv_path, json_path
 ) -> None:
-    from .io import write_json
-
     write_csv(csv_path, table, float_format="%.6g")
     write_json(json_path, {**stats, "gate_passed": not failures, "gate_failures": failures})
 

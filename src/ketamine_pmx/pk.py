@@ -492,8 +492,10 @@ def np_disposition(
         return _disposition(_NP, *(None if v is None else f(v) for v in (cl, vc, q, vp, q2, vp2)))
 
 
-def _pt_disposition(*params: Any) -> tuple[list[Any], list[Any]]:
-    """Eigenvalues and weights from 1-D float64 tensors (cl, vc[, q, vp[, q2, vp2]]).
+def pt_disposition(
+    cl: Any, vc: Any, q: Any = None, vp: Any = None, q2: Any = None, vp2: Any = None
+) -> tuple[list[Any], list[Any]]:
+    """PyTensor twin of :func:`np_disposition` (inputs broadcast together).
 
     Plain PyTensor tensor operations (PyTensor fuses them into element-wise loops and
     differentiates them itself): the disposition is per subject, so it costs nothing next to
@@ -501,21 +503,14 @@ def _pt_disposition(*params: Any) -> tuple[list[Any], list[Any]]:
     compiled model small. Every ``where`` in :func:`_disposition` selects between finite
     branches, so its gradient is exact.
     """
-    args = [_pt_backend().asarray(v) for v in params]
-    lams, weights = _disposition(_pt_backend(), *args, *[None] * (6 - len(args)))
-    return list(lams), list(weights)
-
-
-def pt_disposition(
-    cl: Any, vc: Any, q: Any = None, vp: Any = None, q2: Any = None, vp2: Any = None
-) -> tuple[list[Any], list[Any]]:
-    """PyTensor twin of :func:`np_disposition` (inputs broadcast together)."""
     import pytensor.tensor as pt
 
+    be = _pt_backend()
     given = [v for v in (cl, vc, q, vp, q2, vp2) if v is not None]
-    args = pt.broadcast_arrays(*(_pt_backend().asarray(v) for v in given))
+    args = pt.broadcast_arrays(*(be.asarray(v) for v in given))
     shape, ndim = args[0].shape, args[0].ndim
-    lams, weights = _pt_disposition(*(a.reshape((-1,)) for a in args))
+    flat = [a.reshape((-1,)) for a in args]  # as in the model: 1-D per-subject vectors
+    lams, weights = _disposition(be, *flat, *[None] * (6 - len(flat)))
     return (
         [v.reshape(shape, ndim=ndim) for v in lams],
         [v.reshape(shape, ndim=ndim) for v in weights],
@@ -811,10 +806,7 @@ def _conc(
     # Per-subject parameters, disposition and chain.
     cl, vc = subj(cl, "cl"), subj(vc, "vc")
     q, vp, q2, vp2 = (None if v is None else subj(v, n) for v, n in ((q, "q"), (vp, "vp"), (q2, "q2"), (vp2, "vp2")))  # fmt: skip
-    if be.name == "pytensor":
-        lams, weights = _pt_disposition(*(v for v in (cl, vc, q, vp, q2, vp2) if v is not None))
-    else:
-        lams, weights = _disposition(be, cl, vc, q, vp, q2, vp2)
+    lams, weights = _disposition(be, cl, vc, q, vp, q2, vp2)
     n_eig = len(lams)
     k_el, coef, vol, clear = [cl / vc], [xp.ones_like(cl)], [vc], [cl]
     for j, met in enumerate(metabolites, start=1):
