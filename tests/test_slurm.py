@@ -41,11 +41,15 @@ pytestmark = [
 ]
 
 
-def _pk_models() -> list[str]:
-    """The PK models of the smoke run: config.yaml's, unless smoke.yaml names its own."""
-    models = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"]["pk"]
+def _models(family: str) -> list[str]:
+    """The models of the smoke run: config.yaml's, unless smoke.yaml names its own."""
+    models = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"][family]
     smoke = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())
-    return smoke.get("models", {}).get("pk", models)
+    return smoke.get("models", {}).get(family, models)
+
+
+def _pk_models() -> list[str]:
+    return _models("pk")
 
 
 @pytest.fixture(scope="module")
@@ -64,11 +68,22 @@ def test_every_rule_ran_as_a_completed_slurm_job(slurm_run):
     work, output = slurm_run
     with open(work / "sacct.txt", newline="") as fh:
         jobs = list(csv.DictReader(fh, delimiter="|"))
-    expected = {"rule_simulate_trial", "rule_validate_data"} | {
+    expected = {
+        f"rule_{rule}"
+        for rule in (
+            "simulate_trial",
+            "validate_data",
+            "exposures",
+            "compare_models",
+            "biomarker_effects",
+        )
+    }
+    expected |= {
         f"rule_{rule}_wildcards_{model}"
         for rule in ("fit_pk", "diagnose_pk")
         for model in _pk_models()
     }
+    expected |= {f"rule_fit_response_wildcards_{m}" for m in _models("response")}
     assert sorted(job["Comment"] for job in jobs) == sorted(expected), jobs
     for job in jobs:
         assert job["State"] == "COMPLETED" and job["ExitCode"] == "0:0", job

@@ -94,6 +94,42 @@ def test_a_failing_gate_stops_the_run(smoke_run, tmp_path):
     assert posterior.stat().st_mtime_ns == before  # only the gate was rerun
 
 
+def test_smoke_run_computes_exposures_fits_compares_and_summarises_response(smoke_run):
+    import xarray as xr
+
+    from ketamine_pmx.inference import load_idata
+
+    exposures = xr.open_dataset(smoke_run / "exposure" / "exposures.nc")
+    assert exposures["exposure"].dims == ("chain", "draw", "subject", "metric")
+    assert {"AUC_HNK", "CMAX_KET", "AUC_S_NK"} <= set(exposures["metric"].values)
+    assert exposures.sizes["subject"] == 9 and (exposures["exposure"] > 0).all()
+    exposures.close()
+    summary = pd.read_csv(smoke_run / "exposure" / "exposure_summary.csv")
+    assert {"ID", "metric", "median", "q05", "q95", "log_mean", "log_sd"} <= set(summary.columns)
+    models = ["response_full", "response_exposure", "response_dser", "response_mg",
+              "response_biomarkers_only"]  # fmt: skip
+    for model in models:
+        idata = load_idata(smoke_run / "response" / model / "posterior.nc")
+        assert set(idata.log_likelihood.data_vars) == {"responder", "pct_change"}
+        assert idata.log_likelihood.sizes["patient"] == 9
+        assert json.loads((smoke_run / "response" / model / "gate.json").read_text())["draws"]
+    for outcome in ("responder", "pct_change"):
+        table = pd.read_csv(smoke_run / "compare" / f"response_{outcome}.csv")
+        assert sorted(table["model"]) == sorted(models)
+        assert {"elpd_loo", "se", "elpd_diff", "dse", "weight", "n_k_over"} <= set(table.columns)
+        assert (smoke_run / "compare" / f"response_{outcome}.png").read_bytes()[:4] == b"\x89PNG"
+    pk = pd.read_csv(smoke_run / "compare" / "pk.csv")
+    assert sorted(pk["model"]) == ["pk_1cmt_metab", "pk_2cmt_metab"]
+    effects = pd.read_csv(smoke_run / "effects" / "biomarker_effects.csv")
+    full = effects[(effects["model"] == "response_full") & (effects["outcome"] == "responder")]
+    assert set(full["predictor"]) == {"AUC_HNK", "DSER", "MG"}
+    assert set(full["scope"]) == {"all", "MDD", "CRPS"}
+    assert full["p_hypothesised_direction"].between(0, 1).all()
+    recovery = pd.read_csv(smoke_run / "effects" / "recovery.csv")
+    assert "b_dser_per_um[MDD]" in set(recovery["parameter"])
+    assert (smoke_run / "effects" / "forest_responder.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_smoke_run_is_reproducible(smoke_run, tmp_path):
     proc = _snakemake(tmp_path, "--until", "simulate_trial")
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -93,3 +93,84 @@ def _time_axis(ax, times: pd.Series) -> None:
     ax.set_xlabel("hours", fontsize=8)
     if t_max > 200:
         ax.set_xticks(np.arange(0, t_max + 1, 48 if t_max < 400 else 96))
+
+
+def effects_forest(effects: pd.DataFrame, outcome: str = "responder") -> Figure:
+    """Forest plot of effects per clinical unit (one row per predictor and scope).
+
+    Odds ratios on a log axis with a line at 1 (no effect) for the responder outcome;
+    percentage points with a line at 0 for percent change. Each row's label gives the unit
+    and P(effect in the hypothesised direction).
+    """
+    e = effects[effects["outcome"] == outcome].reset_index(drop=True)
+    lo_col = next(c for c in e.columns if c.startswith("per_unit_q") and c != "per_unit_median")
+    hi_col = [c for c in e.columns if c.startswith("per_unit_q")][-1]
+    binary = outcome == "responder"
+    fig = Figure(figsize=(7.5, 0.42 * max(len(e), 1) + 1.2), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(e))[::-1]
+    colours = {"all": "black"}
+    palette = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
+    for k, scope in enumerate(sorted(set(e["scope"]) - {"all"})):
+        colours[scope] = palette[k % len(palette)]
+    for yi, (_, r) in zip(y, e.iterrows(), strict=True):
+        c = colours[r["scope"]]
+        ax.plot([r[lo_col], r[hi_col]], [yi, yi], color=c, lw=2)
+        ax.plot(r["per_unit_median"], yi, "o", color=c, ms=6 if r["scope"] == "all" else 4)
+    labels = [
+        f"{r['predictor']} ({r['scope']}) per {r['unit']}  P(dir)={r['p_hypothesised_direction']:.2f}"
+        for _, r in e.iterrows()
+    ]
+    ax.set_yticks(y, labels, fontsize=8)
+    if binary:
+        ax.set_xscale("log")
+        ax.axvline(1.0, color="grey", ls="--", lw=1)
+        ax.set_xlabel("odds ratio of response (median, 90% interval)")
+    else:
+        ax.axvline(0.0, color="grey", ls="--", lw=1)
+        ax.set_xlabel("change in % change from baseline (median, 90% interval)")
+    model = e["model"].iloc[0] if len(e) else ""
+    ax.set_title(f"{model}: effects on {outcome.replace('_', ' ')}", fontsize=10)
+    return fig
+
+
+def loo_comparison(table: pd.DataFrame) -> Figure:
+    """elpd_loo with its SE per model, and the difference to the best with its dSE."""
+    t = table.sort_values("rank")
+    fig = Figure(figsize=(7.0, 0.45 * len(t) + 1.3), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(len(t))[::-1]
+    ax.errorbar(t["elpd_loo"], y, xerr=t["se"], fmt="o", color="black", label="elpd_loo ± SE")
+    best = t["elpd_loo"].iloc[0]
+    diff = t.iloc[1:]
+    ax.errorbar(
+        best - diff["elpd_diff"], y[1:] + 0.2, xerr=diff["dse"], fmt="^", color="tab:grey",
+        label="difference to best ± dSE",
+    )  # fmt: skip
+    ax.axvline(best, color="grey", ls="--", lw=1)
+    flags = [f"  (k>0.7: {n})" if n else "" for n in t["n_k_over_after_refit"]]
+    ax.set_yticks(y, [f"{m}{f}" for m, f in zip(t["model"], flags, strict=True)], fontsize=8)
+    ax.set_xlabel("expected log pointwise predictive density (PSIS-LOO)")
+    ax.set_title(f"{t['outcome'].iloc[0]}: models ranked by elpd_loo", fontsize=10)
+    ax.legend(fontsize=8, loc="lower left")
+    return fig
+
+
+def exposure_overview(summary: pd.DataFrame, groups: pd.Series, metrics: list[str]) -> Figure:
+    """Per-patient posterior median and 90% interval of exposure metrics, by group."""
+    fig = Figure(figsize=(3.2 * len(metrics), 3.2), layout="constrained")
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    names = sorted(groups.dropna().unique())
+    for ax, m in zip(axes, metrics, strict=True):
+        s = summary[summary["metric"] == m].set_index("ID")
+        for k, g in enumerate(names):
+            ids = groups[groups == g].index.intersection(s.index)
+            sub = s.loc[ids].sort_values("median")
+            x = k + np.linspace(-0.35, 0.35, len(sub)) if len(sub) > 1 else np.full(len(sub), k)
+            ax.vlines(x, sub["q05"], sub["q95"], color=f"C{k}", lw=0.6, alpha=0.6)
+            ax.plot(x, sub["median"], ".", color=f"C{k}", ms=3)
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_yscale("log")
+        unit = "ng h/mL" if m.startswith("AUC") else "ng/mL"
+        ax.set_title(f"{m} ({unit})", fontsize=9)
+    return fig

@@ -44,11 +44,16 @@ def get_final_outputs():
         rules.validate_data.output.summary_md,
         rules.validate_data.output.overview,
         *get_pk_outputs(),
+        *get_response_outputs(),
     ]
 
 
 wildcard_constraints:
     pk_model="|".join(config["models"]["pk"]),
+    resp_model="|".join(config["models"]["response"]),
+
+
+REFERENCE_PK = config["models"]["pk"][0]
 
 
 def get_pk_spec(wildcards):
@@ -68,3 +73,29 @@ def get_pk_outputs():
         ],
         pk_model=config["models"]["pk"],
     )
+
+
+def get_response_spec(wildcards_or_name):
+    """The specification file of a response model (wildcards or a model name)."""
+    name = getattr(wildcards_or_name, "resp_model", wildcards_or_name)
+    return repo_path(os.path.join(config["models"]["dir"], f"{name}.yaml"))
+
+
+def get_truth_population(wildcards):
+    """The simulator's truth (for recovery tables), or nothing for a user's dataset."""
+    if config["data"]["path"]:
+        return []
+    return rules.simulate_trial.output.population
+
+
+def get_response_outputs():
+    """Exposures, response fits, comparison and the effects table."""
+    return [
+        rules.exposures.output.summary,
+        *expand(
+            [rules.fit_response.output.posterior, rules.fit_response.output.gate],
+            resp_model=config["models"]["response"],
+        ),
+        *rules.compare_models.output,
+        *rules.biomarker_effects.output,
+    ]

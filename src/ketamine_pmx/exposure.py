@@ -1,0 +1,431 @@
+r"""Per-patient exposure draws from a population PK posterior, under the regimen given.
+
+For each retained posterior draw and patient, the individual PK parameters are rebuilt from
+the population parameters, the patient's covariates and the patient's own subject effects
+(:func:`individual_parameters`, the numpy twin of the model in ``ketamine_pmx.inference``), and
+the exact linear-system solution of ``ketamine_pmx.pk`` gives
+
+- ``AUC_<analyte>``: the area under the concentration curve (ng h/mL) from the first dose to
+  the patient's primary endpoint (the response window of ``ketamine_pmx.outcomes``). It is
+  exact: the integral of a compartment's concentration is the amount in one more compartment
+  of the chain, formed from it at unit rate and never eliminated (a node at rate 0, which the
+  stable divided differences of ``pk`` handle like any other), so no quadrature is involved;
+- ``CMAX_<analyte>``: the highest concentration (ng/mL) over a grid of each dose's start,
+  quarter points of its infusion and fixed offsets after its end (``exposures.cmax_offsets_h``;
+  the parent's peak at the end of an infusion is on the grid exactly, a metabolite's peak lies
+  between grid points and is read at the nearest one).
+
+Analytes: the spec's observed analytes (S_KET, R_KET, S_NK, ... for an enantiomer model) and,
+for enantiomer models, their sums (KET, NK, HNK; Cmax of a sum is the peak of the summed
+curve). The result is an ``xarray.Dataset`` with ``exposure(chain, draw, subject, metric)``
+and the log-scale summary (mean and SD of log exposure per patient) that the response models
+use for their errors-in-variables likelihood.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy.special import expit
+
+from .contract import CYP2B6_CLASSES, DOSE_TARGETS, EVID_DOSE
+from .inference import _chain_conc
+from .io import atomic_path
+from .outcomes import primary_times
+from .pk import Metabolite, build_layout, np_conc_ng_ml
+from .specs import CHAIN_ANALYTES, PKSpec
+
+#: Sums of enantiomers reported for enantiomer models (by chain level).
+SUM_ANALYTES = ("KET", "NK", "HNK")
+#: Terms (observation x dose pairs) evaluated at once; bounds memory to a few hundred MB.
+_TERMS_PER_BATCH = 1_500_000
+
+
+class ExposureError(ValueError):
+    """Exposures cannot be computed for this posterior / dataset."""
+
+
+# --------------------------------------------------------------------------------------
+# Individual parameters from the posterior
+# --------------------------------------------------------------------------------------
+
+
+def thin_posterior(posterior: xr.Dataset, n_draws: int) -> xr.Dataset:
+    """``n_draws`` draws in all (at most), evenly spaced within every chain."""
+    n_chain, n_draw = posterior.sizes["chain"], posterior.sizes["draw"]
+    per_chain = max(1, min(n_draw, int(np.ceil(n_draws / n_chain))))
+    idx = np.unique(np.linspace(0, n_draw - 1, per_chain).round().astype(int))
+    return posterior.isel(draw=idx)
+
+
+def individual_parameters(
+    spec: PKSpec,
+    posterior: xr.Dataset,
+    wt: np.ndarray,
+    cyp_class: np.ndarray,
+    eta: str | dict[str, np.ndarray] = "posterior",
+    rng: np.random.Generator | None = None,
+) -> dict[str, np.ndarray]:
+    """Individual PK parameters, shape (sample, subject, chain), from posterior draws.
+
+    ``posterior`` is stacked or not (``chain``/``draw`` flattened into samples in order).
+    ``eta``: ``"posterior"`` uses the fitted subjects' own effects (``eta_<group>``, subjects in
+    the posterior's order, which ``wt``/``cyp_class`` must follow); ``"zero"`` the typical
+    patient with these covariates; ``"new"`` draws new subjects from the population
+    distribution (``rng`` needed); or a dict of arrays (sample, subject, chain) per group.
+    """
+    post = posterior.stack(sample=("chain", "draw")) if "chain" in posterior.dims else posterior
+    post = post.transpose("sample", ...)
+    n_s = post.sizes["sample"]
+    chains = list(spec.chains)
+    n_subj = len(wt)
+    cov = spec.spec["covariates"]
+    allo = cov.get("allometry", {})
+    enabled = allo.get("enabled", True)
+    log_wt = (
+        np.log(np.asarray(wt, float) / allo.get("reference_weight_kg", 70.0))
+        if enabled
+        else np.zeros(n_subj)
+    )
+    if enabled and allo.get("estimate", False):
+        a_cl = post["allo_cl"].to_numpy()[:, None, None]
+        a_v = post["allo_v"].to_numpy()[:, None, None]
+    else:
+        a_cl = allo.get("clearance_exponent", 0.75)
+        a_v = allo.get("volume_exponent", 1.0)
+    cyp_cfg = cov.get("cyp2b6")
+    cyp_effect = np.zeros((n_s, n_subj, 1))
+    if cyp_cfg:
+        unknown = sorted(set(map(str, cyp_class)) - set(CYP2B6_CLASSES))
+        if unknown:
+            raise ExposureError(f"CYP2B6 class(es) {unknown} not in {list(CYP2B6_CLASSES)}")
+        e = np.concatenate([np.zeros((n_s, 1)), post["e_cyp2b6"].to_numpy()], axis=1)
+        cls_idx = np.array([CYP2B6_CLASSES.index(str(c)) for c in cyp_class])
+        cyp_effect = e[:, cls_idx][:, :, None]
+    etas = _etas(spec, post, n_subj, eta, rng)
+    out: dict[str, np.ndarray] = {}
+    shape = (n_s, n_subj, len(chains))
+    for name, par in spec.parameters.items():
+        kind = spec.kind(name)
+        typical = np.array([spec.typical(name, c) for c in chains])
+        group = par.get("bsv_group") or name
+        if kind == "fraction":
+            if par["fixed"]:
+                out[name] = np.broadcast_to(typical, shape).copy()
+                continue
+            lin = post[f"logit_{name}_pop"].to_numpy()[:, None, :] + np.zeros(shape)
+            if par["bsv"]:
+                lin = lin + etas[group]
+            out[name] = expit(lin)
+            continue
+        scale = {"clearance": a_cl, "volume": a_v}.get(kind, 0.0)
+        if par["fixed"]:
+            log_pop = np.log(typical)[None, None, :]
+        else:
+            log_pop = post[f"log_{name}_pop"].to_numpy()[:, None, :]
+        lin = log_pop + np.asarray(scale) * log_wt[None, :, None] + np.zeros(shape)
+        if cyp_cfg and cyp_cfg["parameter"] == name:
+            lin = lin + cyp_effect
+        if par["bsv"]:
+            lin = lin + etas[group]
+        out[name] = np.exp(lin)
+    return out
+
+
+def _etas(
+    spec: PKSpec, post: xr.Dataset, n_subj: int, eta: Any, rng: np.random.Generator | None
+) -> dict[str, np.ndarray]:
+    groups: list[str] = []
+    for name, par in spec.parameters.items():
+        if par["bsv"] and (par.get("bsv_group") or name) not in groups:
+            groups.append(par.get("bsv_group") or name)
+    n_s, n_c = post.sizes["sample"], len(spec.chains)
+    if isinstance(eta, dict):
+        return {g: np.asarray(eta[g], float) for g in groups}
+    if eta == "zero":
+        return {g: np.zeros((n_s, n_subj, n_c)) for g in groups}
+    if eta == "posterior":
+        out = {}
+        for g in groups:
+            arr = post[f"eta_{g}"].transpose("sample", "subject", "enantiomer").to_numpy()
+            if arr.shape[1] != n_subj:
+                raise ExposureError(
+                    f"eta_{g} has {arr.shape[1]} subjects but {n_subj} covariate rows were given"
+                )
+            out[g] = arr
+        return out
+    if eta == "new":
+        if rng is None:
+            raise ExposureError("eta='new' needs a random generator")
+        if spec.spec["bsv"]["correlation"] == "lkj":
+            chol = post["chol_eta"].to_numpy()  # (sample, n, n)
+            z = rng.standard_normal((n_s, n_subj, chol.shape[-1]))
+            block = np.einsum("sij,spj->spi", chol, z)
+            return {g: block[:, :, k * n_c : (k + 1) * n_c] for k, g in enumerate(groups)}
+        return {
+            g: post[f"omega_{g}"].to_numpy()[:, None, :] * rng.standard_normal((n_s, n_subj, n_c))
+            for g in groups
+        }
+    raise ExposureError(f"eta must be 'posterior', 'zero', 'new' or a dict, got {eta!r}")
+
+
+# --------------------------------------------------------------------------------------
+# Exposure metrics
+# --------------------------------------------------------------------------------------
+
+
+def metric_names(spec: PKSpec) -> list[str]:
+    """AUC_<analyte> and CMAX_<analyte> for every analyte and (enantiomer models) sum."""
+    analytes = list(spec.analytes)
+    if spec.structure["stereo"] == "enantiomers":
+        analytes += list(SUM_ANALYTES[: 1 + len(spec.structure["metabolites"])])
+    return [f"{m}_{a}" for m in ("AUC", "CMAX") for a in analytes]
+
+
+def _dose_arrays(
+    doses: pd.DataFrame, subject_index: dict[Any, int], chains: list[str]
+) -> dict[str, np.ndarray]:
+    """Doses per (subject, chain) pseudo-subject: the chain's share of each dose."""
+    subj = doses["ID"].map(subject_index).to_numpy(np.int64)
+    out: dict[str, list[np.ndarray]] = {"subject": [], "time": [], "amt": [], "rate": []}
+    for c, chain in enumerate(chains):
+        frac = (
+            doses["ANALYTE"].map(lambda t, ch=chain: DOSE_TARGETS[t].get(ch, 0.0)).to_numpy(float)
+        )
+        out["subject"].append(subj * len(chains) + c)
+        out["time"].append(doses["TIME"].to_numpy(float))
+        out["amt"].append(doses["AMT"].to_numpy(float) * frac)
+        out["rate"].append(doses["RATE"].to_numpy(float) * frac)
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def cmax_grid(doses: pd.DataFrame, window_end: float, offsets_h: list[float]) -> np.ndarray:
+    """Candidate peak times of one patient: dose starts, infusion quarter points and ends,
+    and ``offsets_h`` after each end, within (first dose, window_end]."""
+    t = doses["TIME"].to_numpy(float)
+    rate = doses["RATE"].to_numpy(float)
+    dur = np.where(rate > 0, doses["AMT"].to_numpy(float) / np.where(rate > 0, rate, 1.0), 0.0)
+    pts = [t + f * dur for f in (0.25, 0.5, 0.75, 1.0)]
+    pts += [t + dur + o for o in offsets_h]
+    grid = np.unique(np.concatenate(pts))
+    return grid[(grid > t.min()) & (grid <= window_end)]
+
+
+def _auc_conc(level: int):
+    """A ``conc`` function for ``_chain_conc`` that observes the AUC of chain level ``level``."""
+
+    def conc(layout, *, vc, metabolites, **kw):
+        mets = list(metabolites[:level])
+        v_prev = vc if level == 0 else mets[-1].v_m
+        # Formed from level `level` at unit rate (cl_f = its volume), never eliminated (cl_m 0):
+        # its concentration, in the volume of its precursor, is the precursor's AUC.
+        mets.append(
+            Metabolite(
+                cl_m=np.zeros_like(np.asarray(v_prev, float)), v_m=v_prev, r=1.0, cl_f=v_prev
+            )
+        )
+        return np_conc_ng_ml(layout, vc=vc, metabolites=mets, **kw)
+
+    return conc
+
+
+def exposure_draws(
+    spec: PKSpec,
+    idata: az.InferenceData,
+    table: pd.DataFrame,
+    response_cfg: dict[str, Any],
+    n_draws: int,
+    cmax_offsets_h: list[float],
+) -> xr.Dataset:
+    """Exposure metrics per retained posterior draw and patient (see module docstring)."""
+    post = thin_posterior(idata.posterior, n_draws)
+    const = idata.constant_data
+    subjects = post["subject"].to_numpy()
+    wt = const["wt_kg"].sel(subject=subjects).to_numpy()
+    cyp = const["cyp2b6_class"].sel(subject=subjects).to_numpy().astype(str)
+    params = individual_parameters(spec, post, wt, cyp)
+    window = primary_times(table, response_cfg).reindex(subjects).to_numpy(float)
+    values = exposure_metrics(spec, params, subjects, table, window, cmax_offsets_h)
+    n_chain, n_draw = post.sizes["chain"], post.sizes["draw"]
+    values = values.reshape(n_chain, n_draw, len(subjects), -1)
+    ds = xr.Dataset(
+        {"exposure": (("chain", "draw", "subject", "metric"), values)},
+        coords={
+            "chain": post["chain"].to_numpy(),
+            "draw": post["draw"].to_numpy(),
+            "subject": subjects,
+            "metric": metric_names(spec),
+        },
+    )
+    ds["window_end_h"] = ("subject", window)
+    ds["exposure"].attrs.update(
+        description="AUC (ng h/mL) from the first dose to the primary endpoint; Cmax (ng/mL)"
+    )
+    ds.attrs.update(
+        pk_model=spec.name,
+        pk_spec_sha256=spec.sha256,
+        data_sha256=str(idata.posterior.attrs.get("data_sha256", "")),
+        draws_used=int(n_chain * n_draw),
+        cmax_offsets_h=list(map(float, cmax_offsets_h)),
+    )
+    return ds
+
+
+def exposure_metrics(
+    spec: PKSpec,
+    params: dict[str, np.ndarray],
+    subjects: np.ndarray,
+    table: pd.DataFrame,
+    window: np.ndarray,
+    cmax_offsets_h: list[float],
+) -> np.ndarray:
+    """Metrics (sample, subject, metric) for individual parameters (sample, subject, chain).
+
+    ``subjects`` are the patients' IDs in the parameters' order, ``table`` holds their dose
+    records and ``window`` the end of each one's exposure window (h). The metric order is
+    :func:`metric_names`.
+    """
+    n_c = len(spec.chains)
+    n_s, n_subj = next(iter(params.values())).shape[:2]
+    doses = table[(table["EVID"] == EVID_DOSE) & table["ID"].isin(set(subjects))]
+    missing = sorted(set(subjects) - set(doses["ID"]))
+    if missing:
+        raise ExposureError(f"subjects {missing[:5]} of the posterior have no dose records")
+    index = {sid: k for k, sid in enumerate(subjects)}
+    d = _dose_arrays(doses, index, list(spec.chains))
+    by_subj = dict(tuple(doses.groupby("ID", sort=False)))
+    grids = [cmax_grid(by_subj[sid], window[k], cmax_offsets_h) for k, sid in enumerate(subjects)]
+
+    n_level = 1 + len(spec.structure["metabolites"])
+    # Observation tables over pseudo-subjects p = subject * n_chain + chain, for one sample.
+    auc_obs = (np.arange(n_subj * n_c), np.repeat(window, n_c))
+    g_subj = np.concatenate([np.full(g.size, k) for k, g in enumerate(grids)])
+    g_time = np.concatenate(grids)
+    cmax_p = np.concatenate([g_subj * n_c + c for c in range(n_c)])
+    cmax_t = np.tile(g_time, n_c)
+    cmax_p_all = np.repeat(cmax_p, n_level)
+    cmax_t_all = np.repeat(cmax_t, n_level)
+    cmax_lev = np.tile(np.arange(n_level), cmax_p.size)
+
+    flat = {k: v.reshape(n_s, n_subj * n_c) for k, v in params.items()}
+    n_pairs = max(1, _pairs_per_sample(d, cmax_p_all, cmax_t_all))
+    batch = max(1, _TERMS_PER_BATCH // n_pairs)
+    auc = np.zeros((n_s, n_subj, n_c, n_level))
+    conc = np.zeros((n_s, cmax_p.size, n_level))
+    n_pseudo = n_subj * n_c
+    for lo in range(0, n_s, batch):
+        hi = min(n_s, lo + batch)
+        nb = hi - lo
+        shift = (np.arange(nb) * n_pseudo)[:, None]
+
+        tiled = dict(
+            dose_subject=(d["subject"][None, :] + shift).ravel(),
+            dose_time_h=np.tile(d["time"], nb),
+            dose_amt_mg=np.tile(d["amt"], nb),
+            dose_rate_mg_h=np.tile(d["rate"], nb),
+        )
+        p = {k: v[lo:hi].ravel() for k, v in flat.items()}
+        for lev in range(n_level):
+            layout = build_layout(
+                **tiled,
+                obs_subject=(auc_obs[0][None, :] + shift).ravel(),
+                obs_time_h=np.tile(auc_obs[1], nb),
+                obs_level=lev + 1,
+                n_subject=nb * n_pseudo,
+            )
+            vals = _chain_conc(spec, layout, p, conc=_auc_conc(lev))
+            auc[lo:hi, :, :, lev] = vals.reshape(nb, n_subj, n_c)
+        layout = build_layout(
+            **tiled,
+            obs_subject=(cmax_p_all[None, :] + shift).ravel(),
+            obs_time_h=np.tile(cmax_t_all, nb),
+            obs_level=np.tile(cmax_lev, nb),
+            n_subject=nb * n_pseudo,
+        )
+        vals = _chain_conc(spec, layout, p, conc=np_conc_ng_ml)
+        conc[lo:hi] = vals.reshape(nb, cmax_p.size, n_level)
+
+    names = CHAIN_ANALYTES[spec.structure["stereo"]]
+    metrics: dict[str, np.ndarray] = {}
+    for c, chain in enumerate(spec.chains):
+        for lev in range(n_level):
+            metrics[f"AUC_{names[chain][lev]}"] = auc[:, :, c, lev]
+    # Cmax: the maximum over each patient's grid, per analyte (and per summed curve).
+    n_g = g_time.size
+    conc = conc.reshape(n_s, n_c, n_g, n_level)
+    starts = np.concatenate([[0], np.cumsum([g.size for g in grids])[:-1]])
+
+    def peak(curve: np.ndarray) -> np.ndarray:  # (sample, grid) -> (sample, subject)
+        return np.maximum.reduceat(curve, starts, axis=1)
+
+    for c, chain in enumerate(spec.chains):
+        for lev in range(n_level):
+            metrics[f"CMAX_{names[chain][lev]}"] = peak(conc[:, c, :, lev])
+    if spec.structure["stereo"] == "enantiomers":
+        for lev in range(n_level):
+            metrics[f"AUC_{SUM_ANALYTES[lev]}"] = auc[:, :, :, lev].sum(axis=2)
+            metrics[f"CMAX_{SUM_ANALYTES[lev]}"] = peak(conc[:, :, :, lev].sum(axis=1))
+    return np.stack([metrics[m] for m in metric_names(spec)], axis=-1)
+
+
+def _pairs_per_sample(d: dict[str, np.ndarray], obs_p: np.ndarray, obs_t: np.ndarray) -> int:
+    """Observation-dose pairs of one sample (the batch size follows from it)."""
+    n_dose = np.bincount(d["subject"], minlength=int(obs_p.max(initial=0)) + 1)
+    return int(n_dose[obs_p].sum())
+
+
+def summarise_exposures(ds: xr.Dataset) -> pd.DataFrame:
+    """Per patient and metric: median, 5 %/95 % quantiles, mean and SD of log exposure."""
+    x = ds["exposure"].stack(sample=("chain", "draw"))
+    logx = np.log(np.maximum(x, np.finfo(float).tiny))
+    q = x.quantile([0.05, 0.5, 0.95], dim="sample")
+    frame = pd.DataFrame(
+        {
+            "median": q.sel(quantile=0.5).to_numpy().ravel(),
+            "q05": q.sel(quantile=0.05).to_numpy().ravel(),
+            "q95": q.sel(quantile=0.95).to_numpy().ravel(),
+            "log_mean": logx.mean("sample").to_numpy().ravel(),
+            "log_sd": logx.std("sample", ddof=1).to_numpy().ravel(),
+        }
+    )
+    idx = pd.MultiIndex.from_product(
+        [ds["subject"].to_numpy(), ds["metric"].to_numpy()], names=["ID", "metric"]
+    )
+    frame.index = idx
+    frame = frame.reset_index()
+    frame["window_end_h"] = ds["window_end_h"].sel(subject=frame["ID"].to_numpy()).to_numpy()
+    return frame
+
+
+def log_exposure(summary: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """ID, log_mean, log_sd of one metric from :func:`summarise_exposures`'s table."""
+    sel = summary[summary["metric"] == metric]
+    if sel.empty:
+        known = sorted(summary["metric"].unique())
+        raise ExposureError(f"exposure metric {metric!r} not in the exposures table (has {known})")
+    return sel[["ID", "log_mean", "log_sd"]].reset_index(drop=True)
+
+
+__all__ = [
+    "SUM_ANALYTES",
+    "ExposureError",
+    "cmax_grid",
+    "exposure_draws",
+    "exposure_metrics",
+    "individual_parameters",
+    "log_exposure",
+    "metric_names",
+    "save_exposures",
+    "summarise_exposures",
+    "thin_posterior",
+]
+
+
+def save_exposures(ds: xr.Dataset, path) -> None:
+    """Write the exposure draws to NetCDF atomically."""
+    with atomic_path(path) as tmp:
+        ds.to_netcdf(str(tmp))

@@ -1,0 +1,160 @@
+# Stage 3: exposure -> response. Per-patient exposure draws from the reference PK model, the
+# exposure-biomarker-response models, their PSIS-LOO comparison (and the PK models'), and the
+# headline table of biomarker effects.
+
+
+rule exposures:
+    input:
+        data=rules.validate_data.output.clean,
+        posterior=f"{RESULTS}/pk/{REFERENCE_PK}/posterior.nc",
+        gate=f"{RESULTS}/pk/{REFERENCE_PK}/gate.json",
+        spec=repo_path(os.path.join(config["models"]["dir"], f"{REFERENCE_PK}.yaml")),
+    output:
+        draws=f"{RESULTS}/exposure/exposures.nc",
+        summary=report(
+            f"{RESULTS}/exposure/exposure_summary.csv",
+            caption="../report/exposure_summary.rst",
+            category="3. Exposure",
+        ),
+        figure=report(
+            f"{RESULTS}/exposure/exposures.png",
+            caption="../report/exposure_plot.rst",
+            category="3. Exposure",
+        ),
+    log:
+        f"{RESULTS}/logs/exposures.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/exposures.tsv"
+    threads: rule_resources("exposures").get("threads", 1)
+    resources:
+        mem_mb=rule_resources("exposures").get("mem_mb", 4000),
+        runtime=rule_resources("exposures").get("runtime", 30),
+    params:
+        config=config_for("response", "exposures"),
+    script:
+        "../scripts/exposures.py"
+
+
+rule fit_response:
+    input:
+        data=rules.validate_data.output.clean,
+        exposures=rules.exposures.output.summary,
+        spec=get_response_spec,
+    output:
+        posterior=f"{RESULTS}/response/{{resp_model}}/posterior.nc",
+        diagnostics=report(
+            f"{RESULTS}/response/{{resp_model}}/diagnostics.csv",
+            caption="../report/response_diagnostics.rst",
+            category="4. Response models",
+            subcategory="{resp_model}",
+        ),
+        gate=f"{RESULTS}/response/{{resp_model}}/gate.json",
+    log:
+        f"{RESULTS}/logs/fit_response/{{resp_model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/fit_response/{{resp_model}}.tsv"
+    threads: config["sampler"]["cores"]
+    resources:
+        mem_mb=rule_resources("fit_response").get("mem_mb", 4000),
+        runtime=rule_resources("fit_response").get("runtime", 30),
+    params:
+        config=config_for("response", "sampler", "gate", "seeds.fit_response"),
+    script:
+        "../scripts/fit_response.py"
+
+
+rule compare_models:
+    input:
+        data=rules.validate_data.output.clean,
+        exposures=rules.exposures.output.summary,
+        response=expand(
+            rules.fit_response.output.posterior,
+            resp_model=config["models"]["response"],
+        ),
+        response_specs=[get_response_spec(m) for m in config["models"]["response"]],
+        pk=expand(
+            f"{RESULTS}/pk/{{pk_model}}/posterior.nc", pk_model=config["models"]["pk"]
+        ),
+    output:
+        responder=report(
+            f"{RESULTS}/compare/response_responder.csv",
+            caption="../report/compare_table.rst",
+            category="5. Model comparison",
+        ),
+        pct_change=report(
+            f"{RESULTS}/compare/response_pct_change.csv",
+            caption="../report/compare_table.rst",
+            category="5. Model comparison",
+        ),
+        pk=report(
+            f"{RESULTS}/compare/pk.csv",
+            caption="../report/compare_pk.rst",
+            category="5. Model comparison",
+        ),
+        pareto_k=f"{RESULTS}/compare/pareto_k.csv",
+        figure_responder=report(
+            f"{RESULTS}/compare/response_responder.png",
+            caption="../report/compare_plot.rst",
+            category="5. Model comparison",
+        ),
+        figure_pct_change=report(
+            f"{RESULTS}/compare/response_pct_change.png",
+            caption="../report/compare_plot.rst",
+            category="5. Model comparison",
+        ),
+        figure_pk=report(
+            f"{RESULTS}/compare/pk.png",
+            caption="../report/compare_plot.rst",
+            category="5. Model comparison",
+        ),
+    log:
+        f"{RESULTS}/logs/compare_models.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/compare_models.tsv"
+    threads: config["sampler"]["cores"]
+    resources:
+        mem_mb=rule_resources("compare_models").get("mem_mb", 8000),
+        runtime=rule_resources("compare_models").get("runtime", 60),
+    params:
+        config=config_for(
+            "response", "sampler", "seeds.fit_response", "comparison", "models"
+        ),
+    script:
+        "../scripts/compare_models.py"
+
+
+rule biomarker_effects:
+    input:
+        response=expand(
+            rules.fit_response.output.posterior,
+            resp_model=config["models"]["response"],
+        ),
+        response_specs=[get_response_spec(m) for m in config["models"]["response"]],
+        truth=get_truth_population,
+    output:
+        table=report(
+            f"{RESULTS}/effects/biomarker_effects.csv",
+            caption="../report/biomarker_effects.rst",
+            category="6. Biomarker effects",
+        ),
+        forest_responder=report(
+            f"{RESULTS}/effects/forest_responder.png",
+            caption="../report/forest.rst",
+            category="6. Biomarker effects",
+        ),
+        forest_pct_change=report(
+            f"{RESULTS}/effects/forest_pct_change.png",
+            caption="../report/forest.rst",
+            category="6. Biomarker effects",
+        ),
+        recovery=f"{RESULTS}/effects/recovery.csv",
+    log:
+        f"{RESULTS}/logs/biomarker_effects.log",
+    threads: 1
+    resources:
+        mem_mb=rule_resources("biomarker_effects").get("mem_mb", 2000),
+        runtime=rule_resources("biomarker_effects").get("runtime", 10),
+    params:
+        models=config["models"]["response"],
+    script:
+        "../scripts/biomarker_effects.py"
