@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pk.smk"
 include: "workflow/rules/response.smk"
+include: "workflow/rules/checks.smk"
 
 
 rule all:

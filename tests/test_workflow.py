@@ -130,6 +130,23 @@ def test_smoke_run_computes_exposures_fits_compares_and_summarises_response(smok
     assert (smoke_run / "effects" / "forest_responder.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_pk_checks_pass_the_true_structure_and_flag_the_one_compartment_model(smoke_run):
+    """pcVPC of the parent: the two-compartment model (the simulator's structure) keeps its
+    early observed percentiles inside the simulated intervals, the one-compartment model not."""
+    early = {}
+    for model in ("pk_2cmt_metab", "pk_1cmt_metab"):
+        folder = smoke_run / "checks" / "pk" / model
+        for name in ("vpc.png", "pcvpc.png", "gof.png", "eta_covariates.png"):
+            assert (folder / name).read_bytes()[:4] == b"\x89PNG", (model, name)
+        summary = pd.read_csv(folder / "vpc_summary.csv")
+        parent = summary[(summary["kind"] == "pcvpc") & summary["analyte"].str.endswith("KET")]
+        early[model] = parent["share_inside_early"].mean()
+        gof = pd.read_csv(folder / "gof.csv")
+        assert {"PRED", "IPRED", "NPD"} <= set(gof.columns) and gof["NPD"].notna().all()
+    assert early["pk_2cmt_metab"] >= 0.8, early
+    assert early["pk_1cmt_metab"] < 0.8 and early["pk_1cmt_metab"] < early["pk_2cmt_metab"]
+
+
 def test_smoke_run_is_reproducible(smoke_run, tmp_path):
     proc = _snakemake(tmp_path, "--until", "simulate_trial")
     assert proc.returncode == 0, proc.stderr[-2000:]

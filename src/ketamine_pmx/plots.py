@@ -174,3 +174,112 @@ def exposure_overview(summary: pd.DataFrame, groups: pd.Series, metrics: list[st
         unit = "ng h/mL" if m.startswith("AUC") else "ng/mL"
         ax.set_title(f"{m} ({unit})", fontsize=9)
     return fig
+
+
+def vpc(table: pd.DataFrame, observations: pd.DataFrame | None = None) -> Figure:
+    """(pc)VPC: one row per stratum, one column per analyte, log concentration axis.
+
+    Shaded bands: the replicates' 90% interval of the 5th/95th (light) and 50th (dark)
+    percentiles per time bin; lines: the observed percentiles (dashed 5th/95th, solid median);
+    dots: the observations (plain VPC only). A percentile below the LLOQ is drawn at the LLOQ
+    (dotted line). Captions in the report say how to read it.
+    """
+    strata = sorted(table["stratum"].unique())
+    analytes = list(dict.fromkeys(table["analyte"]))
+    fig = Figure(figsize=(2.5 * len(analytes), 2.3 * len(strata)), layout="constrained")
+    axes = fig.subplots(len(strata), len(analytes), squeeze=False)
+    for r, s in enumerate(strata):
+        for c, a in enumerate(analytes):
+            ax = axes[r, c]
+            t = table[(table["stratum"] == s) & (table["analyte"] == a)]
+            if t.empty:
+                ax.set_axis_off()
+                continue
+            lloq = float(t["lloq"].median()) if "lloq" in t else 0.0
+            floor = lloq if lloq > 0 else None
+
+            def lift(v, floor=floor):  # a censored percentile (0) is drawn at the LLOQ
+                return np.where(np.asarray(v) > 0, v, floor) if floor else v
+
+            if observations is not None:
+                o = observations[(observations["stratum"] == s) & (observations["ANALYTE"] == a)]
+                ok = o["BLQ"] == 0
+                ax.plot(o.loc[ok, "TIME"], o.loc[ok, "DV"], ".", color="0.6", ms=2, zorder=1)
+            for q, shade in ((5.0, 0.15), (50.0, 0.3), (95.0, 0.15)):
+                p = t[t["percentile"] == q].sort_values("time_h")
+                colour = "tab:red" if q == 50.0 else "tab:blue"
+                ax.fill_between(
+                    p["time_h"],
+                    lift(p["sim_lo"]),
+                    lift(p["sim_hi"]),
+                    color=colour,
+                    alpha=shade,
+                    lw=0,
+                )
+                ax.plot(p["time_h"], lift(p["observed"]), color="black", lw=1.2 if q == 50 else 0.8,
+                        ls="-" if q == 50.0 else "--", marker=".", ms=3)  # fmt: skip
+                miss = p[~p["inside"]]
+                ax.plot(miss["time_h"], lift(miss["observed"]), "x", color="tab:red", ms=5)
+            if floor:
+                ax.axhline(floor, color="0.4", ls=":", lw=0.8)
+            ax.set_yscale("log")
+            ax.set_xscale("symlog", linthresh=1.0)
+            ax.set_title(f"{s}: {a}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            if c == 0:
+                ax.set_ylabel(
+                    "ng/mL" if table["kind"].iloc[0] == "vpc" else "pred.-corr. ng/mL", fontsize=8
+                )
+            if r == len(strata) - 1:
+                ax.set_xlabel("time (h)", fontsize=8)
+    return fig
+
+
+def gof(table: pd.DataFrame) -> Figure:
+    """Goodness of fit: DV vs PRED and vs IPRED (log-log, identity line), NPD vs time and vs
+    PRED (reference lines at 0 and +-1.96), quantifiable records, coloured by analyte."""
+    g = table[table["BLQ"] == 0]
+    fig = Figure(figsize=(11, 3.0), layout="constrained")
+    axes = fig.subplots(1, 4)
+    for k, (a, sub) in enumerate(g.groupby("ANALYTE", sort=True)):
+        colour = f"C{k}"
+        axes[0].plot(sub["PRED"], sub["DV"], ".", ms=2, color=colour, label=a)
+        axes[1].plot(sub["IPRED"], sub["DV"], ".", ms=2, color=colour)
+        axes[2].plot(sub["TIME"], sub["NPD"], ".", ms=2, color=colour)
+        axes[3].plot(sub["PRED"], sub["NPD"], ".", ms=2, color=colour)
+    lo = float(np.nanmin(g[["PRED", "IPRED", "DV"]].to_numpy().clip(1e-3)))
+    hi = float(np.nanmax(g[["PRED", "IPRED", "DV"]].to_numpy()))
+    for ax, name in ((axes[0], "PRED"), (axes[1], "IPRED")):
+        ax.plot([lo, hi], [lo, hi], color="black", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"{name} (ng/mL)", fontsize=8)
+        ax.set_ylabel("observed (ng/mL)", fontsize=8)
+    for ax, name in ((axes[2], "time (h)"), (axes[3], "PRED (ng/mL)")):
+        for level, style in ((0.0, "-"), (1.96, "--"), (-1.96, "--")):
+            ax.axhline(level, color="black", lw=0.8, ls=style)
+        ax.set_xscale("symlog", linthresh=1.0) if "time" in name else ax.set_xscale("log")
+        ax.set_xlabel(name, fontsize=8)
+        ax.set_ylabel("NPD", fontsize=8)
+    axes[0].legend(fontsize=6, markerscale=3)
+    return fig
+
+
+def eta_covariates(etas: pd.DataFrame) -> Figure:
+    """Posterior-mean subject effects against weight (log axis) and by CYP2B6 class."""
+    groups = list(dict.fromkeys(zip(etas["effect"], etas["chain"], strict=True)))
+    fig = Figure(figsize=(2.3 * len(groups), 4.2), layout="constrained")
+    axes = fig.subplots(2, len(groups), squeeze=False)
+    for c, (effect, chain) in enumerate(groups):
+        g = etas[(etas["effect"] == effect) & (etas["chain"] == chain)]
+        ax = axes[0, c]
+        ax.plot(g["WT"], g["eta_mean"], ".", ms=3)
+        ax.set_xscale("log")
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.set_title(f"eta_{effect} [{chain}]", fontsize=8)
+        ax.set_xlabel("WT (kg)", fontsize=8)
+        classes = [k for k in ("NM", "IM", "PM") if k in set(g["CYP2B6_CLASS"])]
+        axes[1, c].boxplot([g.loc[g["CYP2B6_CLASS"] == k, "eta_mean"] for k in classes])
+        axes[1, c].set_xticks(range(1, len(classes) + 1), classes, fontsize=8)
+        axes[1, c].axhline(0.0, color="black", lw=0.8)
+    return fig

@@ -44,6 +44,7 @@ def get_final_outputs():
         rules.validate_data.output.summary_md,
         rules.validate_data.output.overview,
         *get_pk_outputs(),
+        *expand(rules.ppc_pk.output, pk_model=config["models"]["pk"]),
         *get_response_outputs(),
     ]
 

@@ -1,0 +1,56 @@
+# Stage 4: posterior predictive checks. VPC and prediction-corrected VPC, goodness of fit and
+# random-effect diagnostics of every PK model, each figure with its numeric twin.
+
+
+rule ppc_pk:
+    input:
+        data=rules.validate_data.output.clean,
+        posterior=rules.fit_pk.output.posterior,
+        spec=get_pk_spec,
+    output:
+        vpc=report(
+            f"{RESULTS}/checks/pk/{{pk_model}}/vpc.png",
+            caption="../report/vpc.rst",
+            category="4. PK checks",
+            subcategory="{pk_model}",
+        ),
+        pcvpc=report(
+            f"{RESULTS}/checks/pk/{{pk_model}}/pcvpc.png",
+            caption="../report/pcvpc.rst",
+            category="4. PK checks",
+            subcategory="{pk_model}",
+        ),
+        vpc_table=f"{RESULTS}/checks/pk/{{pk_model}}/vpc.csv",
+        vpc_summary=report(
+            f"{RESULTS}/checks/pk/{{pk_model}}/vpc_summary.csv",
+            caption="../report/vpc_summary.rst",
+            category="4. PK checks",
+            subcategory="{pk_model}",
+        ),
+        gof=report(
+            f"{RESULTS}/checks/pk/{{pk_model}}/gof.png",
+            caption="../report/gof.rst",
+            category="4. PK checks",
+            subcategory="{pk_model}",
+        ),
+        gof_table=f"{RESULTS}/checks/pk/{{pk_model}}/gof.csv",
+        gof_summary=f"{RESULTS}/checks/pk/{{pk_model}}/gof_summary.csv",
+        etas=report(
+            f"{RESULTS}/checks/pk/{{pk_model}}/eta_covariates.png",
+            caption="../report/eta_covariates.rst",
+            category="4. PK checks",
+            subcategory="{pk_model}",
+        ),
+        eta_summary=f"{RESULTS}/checks/pk/{{pk_model}}/eta_covariates.csv",
+    log:
+        f"{RESULTS}/logs/ppc_pk/{{pk_model}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/ppc_pk/{{pk_model}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=rule_resources("ppc_pk").get("mem_mb", 4000),
+        runtime=rule_resources("ppc_pk").get("runtime", 30),
+    params:
+        config=config_for("checks", "seeds.ppc"),
+    script:
+        "../scripts/ppc_pk.py"
