@@ -32,7 +32,7 @@ def _snakemake(workdir, *args, configfiles=("config/smoke.yaml",)):
         "--configfile",
         *[str(REPO / c) if not str(c).startswith("/") else str(c) for c in configfiles],
     ]
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=600)
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=1800)
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +106,7 @@ def test_smoke_run_computes_exposures_fits_compares_and_summarises_response(smok
     exposures.close()
     summary = pd.read_csv(smoke_run / "exposure" / "exposure_summary.csv")
     assert {"ID", "metric", "median", "q05", "q95", "log_mean", "log_sd"} <= set(summary.columns)
-    models = ["response_full", "response_exposure", "response_dser", "response_mg",
-              "response_biomarkers_only"]  # fmt: skip
+    models = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())["models"]["response"]
     for model in models:
         idata = load_idata(smoke_run / "response" / model / "posterior.nc")
         assert set(idata.log_likelihood.data_vars) == {"responder", "pct_change"}
@@ -128,6 +127,15 @@ def test_smoke_run_computes_exposures_fits_compares_and_summarises_response(smok
     recovery = pd.read_csv(smoke_run / "effects" / "recovery.csv")
     assert "b_dser_per_um[MDD]" in set(recovery["parameter"])
     assert (smoke_run / "effects" / "forest_responder.png").read_bytes()[:4] == b"\x89PNG"
+    for model in models:
+        folder = smoke_run / "checks" / "response" / model
+        groups = pd.read_csv(folder / "response_groups.csv")
+        assert {"overall", "indication", "D-serine tertile", "exposure tertile"} <= set(
+            groups["grouping"]
+        )
+        assert {"responder", "pct_change"} == set(groups["outcome"])
+        for name in ("response_groups.png", "calibration.png", "loo_pit.png"):
+            assert (folder / name).read_bytes()[:4] == b"\x89PNG", (model, name)
 
 
 def test_pk_checks_pass_the_true_structure_and_flag_the_one_compartment_model(smoke_run):

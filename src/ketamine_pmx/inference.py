@@ -533,6 +533,7 @@ def population_variables(idata: az.InferenceData) -> list[str]:
         for v in post.data_vars
         if "subject" not in post[v].dims
         and "obs" not in post[v].dims
+        and "patient" not in post[v].dims
         and not v.startswith("z_")
         and v != "chol_eta"
         and not v.endswith("__")  # unconstrained twins (nutpie stores them too)

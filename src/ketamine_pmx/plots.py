@@ -283,3 +283,61 @@ def eta_covariates(etas: pd.DataFrame) -> Figure:
         axes[1, c].set_xticks(range(1, len(classes) + 1), classes, fontsize=8)
         axes[1, c].axhline(0.0, color="black", lw=0.8)
     return fig
+
+
+def response_ppc(groups: pd.DataFrame, outcome: str = "responder") -> Figure:
+    """Observed (dots) against posterior predictive (median and 90% interval) responder rate or
+    mean percent change, one panel per grouping (overall, indication, biomarker tertiles,
+    CYP2B6 class, exposure tertile). A red dot lies outside its interval."""
+    g = groups[groups["outcome"] == outcome]
+    groupings = list(dict.fromkeys(g["grouping"]))
+    fig = Figure(figsize=(2.2 * len(groupings), 3.0), layout="constrained")
+    axes = fig.subplots(1, len(groupings), squeeze=False, sharey=True)[0]
+    for ax, grouping in zip(axes, groupings, strict=True):
+        sub = g[g["grouping"] == grouping].reset_index(drop=True)
+        x = np.arange(len(sub))
+        ax.vlines(x, sub["predicted_lo"], sub["predicted_hi"], color="tab:blue", lw=6, alpha=0.35)
+        ax.plot(x, sub["predicted_median"], "_", color="tab:blue", ms=14)
+        colours = np.where(sub["inside"], "black", "tab:red")
+        ax.scatter(x, sub["observed"], color=colours, zorder=3, s=18)
+        ax.set_xticks(x, [f"{v}\n(n={n})" for v, n in zip(sub["group"], sub["n"], strict=True)],
+                      fontsize=7)  # fmt: skip
+        ax.set_title(grouping, fontsize=8)
+        ax.set_xlim(-0.6, len(sub) - 0.4)
+    axes[0].set_ylabel("responder rate" if outcome == "responder" else "mean % change", fontsize=8)
+    return fig
+
+
+def calibration(table: pd.DataFrame) -> Figure:
+    """Observed responder rate (90% Jeffreys interval) against mean predicted probability."""
+    fig = Figure(figsize=(3.6, 3.4), layout="constrained")
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=0.8)
+    ax.errorbar(
+        table["predicted"], table["observed"],
+        yerr=[table["observed"] - table["observed_lo"], table["observed_hi"] - table["observed"]],
+        fmt="o", color="black", capsize=3,
+    )  # fmt: skip
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted P(response), bin mean", fontsize=8)
+    ax.set_ylabel("observed responder rate", fontsize=8)
+    return fig
+
+
+def loo_pit(pit: np.ndarray) -> Figure:
+    """ECDF of LOO-PIT values minus the uniform CDF, with the 95% Kolmogorov-Smirnov band: a
+    calibrated model stays inside; an S shape means too wide or too narrow predictions."""
+    u = np.sort(np.asarray(pit))
+    n = u.size
+    grid = np.linspace(0, 1, 201)
+    ecdf = np.searchsorted(u, grid, side="right") / n
+    band = 1.358 / np.sqrt(n)
+    fig = Figure(figsize=(3.8, 3.0), layout="constrained")
+    ax = fig.subplots()
+    ax.fill_between(grid, -band, band, color="tab:blue", alpha=0.2, lw=0)
+    ax.plot(grid, ecdf - grid, color="black")
+    ax.axhline(0, color="0.5", lw=0.8)
+    ax.set_xlabel("PIT", fontsize=8)
+    ax.set_ylabel("ECDF - uniform", fontsize=8)
+    return fig

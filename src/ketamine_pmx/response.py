@@ -62,6 +62,7 @@ from . import __version__
 from .config import ConfigError, load_schema, validate_with_schema
 from .contract import CYP2B6_CLASSES
 from .exposure import log_exposure
+from .inference import load_idata
 from .sampling import Nuts, NutsRun
 
 OUTCOMES = ("responder", "pct_change")
@@ -345,6 +346,7 @@ def build_response_model(spec: ResponseSpec, data: ResponseData) -> pm.Model:
                     log_p = pm.math.logsumexp(log_w - pt.softplus(-arg), axis=1)
                     log_q = pm.math.logsumexp(log_w - pt.softplus(arg), axis=1)
                 ll = y * log_p + (1.0 - y) * log_q
+                pm.Deterministic("p_responder", pt.exp(log_p), dims="patient")
             else:
                 sigma = pm.HalfNormal(f"{p}sigma", pri["pct_sigma_sd"], dims="indication")
                 sd = sigma[ind_idx]
@@ -353,6 +355,8 @@ def build_response_model(spec: ResponseSpec, data: ResponseData) -> pm.Model:
                     mu = mu + b_x * d["x_mu"]
                     sd = pt.sqrt(sd**2 + (b_x * d["x_sd"]) ** 2)
                 ll = -0.5 * ((y - mu) / sd) ** 2 - pt.log(sd) - 0.5 * np.log(2.0 * np.pi)
+                pm.Deterministic("mu_pct_change", mu, dims="patient")
+                pm.Deterministic("sd_pct_change", sd, dims="patient")
             ll = pm.Deterministic(f"ll_{outcome}", ll, dims="patient")
             pm.Potential(f"{outcome}_likelihood", (d["w"] * ll).sum())
     return model
@@ -420,6 +424,20 @@ def _inference_data(
         o: ("patient", t["RESPONDER" if o == "responder" else "PCT_CHANGE"].to_numpy(float))
         for o in spec.outcomes
     }
+    # Replicates of each outcome given each draw (exposure uncertainty included: p and the
+    # percent-change SD already integrate over it).
+    rng = np.random.default_rng(seed)
+    predictive = {}
+    if "responder" in spec.outcomes:
+        p = post["p_responder"]
+        predictive["responder"] = (rng.random(p.shape) < p.to_numpy()).astype(np.int8)
+    if "pct_change" in spec.outcomes:
+        mu, sd = post["mu_pct_change"], post["sd_pct_change"].to_numpy()
+        predictive["pct_change"] = mu.to_numpy() + sd * rng.standard_normal(mu.shape)
+    any_var = post["p_responder"] if "responder" in spec.outcomes else post["mu_pct_change"]
+    posterior_predictive = xr.Dataset(
+        {k: (any_var.dims, v) for k, v in predictive.items()}, coords=any_var.coords
+    )
     const: dict[str, Any] = {
         "indication_of_patient": ("patient", t["INDICATION"].astype(str).to_numpy()),
         "baseline_score": ("patient", t["BASELINE"].to_numpy(float)),
@@ -445,6 +463,7 @@ def _inference_data(
         posterior=post,
         sample_stats=run.idata.sample_stats,
         log_likelihood=log_likelihood,
+        posterior_predictive=posterior_predictive,
         observed_data=xr.Dataset(observed, coords=pid),
         constant_data=xr.Dataset(const, coords={**pid, "indication": data.indications}),
     )
@@ -621,13 +640,8 @@ def loo_refitter(fitter: Callable[[], ResponseFitter], seed: int, outcome: str) 
 
 
 def load_response_idata(path: str | Path, spec: ResponseSpec | None = None) -> az.InferenceData:
-    idata = az.from_netcdf(str(path))
-    if spec is not None and idata.posterior.attrs.get("spec_sha256") != spec.sha256:
-        raise ResponseError(
-            f"{path}: posterior of {idata.posterior.attrs.get('model')!r} was fitted with another "
-            f"version of {spec.path}; refit it"
-        )
-    return idata
+    """Read a response posterior; with ``spec``, refuse one fitted with another version of it."""
+    return load_idata(path, spec)
 
 
 __all__ = [

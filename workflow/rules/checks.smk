@@ -54,3 +54,47 @@ rule ppc_pk:
         config=config_for("checks", "seeds.ppc"),
     script:
         "../scripts/ppc_pk.py"
+
+
+rule ppc_response:
+    input:
+        posterior=rules.fit_response.output.posterior,
+        exposures=rules.exposures.output.summary,
+    output:
+        groups=report(
+            f"{RESULTS}/checks/response/{{resp_model}}/response_groups.png",
+            caption="../report/response_groups.rst",
+            category="7. Response checks",
+            subcategory="{resp_model}",
+        ),
+        groups_pct=f"{RESULTS}/checks/response/{{resp_model}}/pct_change_groups.png",
+        groups_table=report(
+            f"{RESULTS}/checks/response/{{resp_model}}/response_groups.csv",
+            caption="../report/response_groups_table.rst",
+            category="7. Response checks",
+            subcategory="{resp_model}",
+        ),
+        calibration=report(
+            f"{RESULTS}/checks/response/{{resp_model}}/calibration.png",
+            caption="../report/calibration.rst",
+            category="7. Response checks",
+            subcategory="{resp_model}",
+        ),
+        calibration_table=f"{RESULTS}/checks/response/{{resp_model}}/calibration.csv",
+        loo_pit=report(
+            f"{RESULTS}/checks/response/{{resp_model}}/loo_pit.png",
+            caption="../report/loo_pit.rst",
+            category="7. Response checks",
+            subcategory="{resp_model}",
+        ),
+        loo_pit_table=f"{RESULTS}/checks/response/{{resp_model}}/loo_pit.csv",
+    log:
+        f"{RESULTS}/logs/ppc_response/{{resp_model}}.log",
+    threads: 1
+    resources:
+        mem_mb=rule_resources("ppc_response").get("mem_mb", 2000),
+        runtime=rule_resources("ppc_response").get("runtime", 10),
+    params:
+        metric="AUC_HNK",
+    script:
+        "../scripts/ppc_response.py"

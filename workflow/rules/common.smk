@@ -99,4 +99,5 @@ def get_response_outputs():
         ),
         *rules.compare_models.output,
         *rules.biomarker_effects.output,
+        *expand(rules.ppc_response.output, resp_model=config["models"]["response"]),
     ]
