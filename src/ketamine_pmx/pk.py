@@ -864,6 +864,26 @@ def _chain_amounts(
     return [be.where(given, o, 0.0) for o in out]
 
 
+class _Rows:
+    """Rows ``index`` of a table stored row-major as a flat vector of ``width`` columns:
+    ``rows[:, c]`` is a 1-D gather (its gradient a 1-D scatter-add, much cheaper than the
+    matrix scatter-add of a row gather). Every column stays in the graph, used or not.
+    """
+
+    def __init__(self, be: _Backend, columns: list[Any], index: np.ndarray):
+        self.flat = be.xp.stack(columns, axis=1).reshape((-1,))
+        self.width = len(columns)
+        self.index = index
+
+    def take(self, index: np.ndarray) -> _Rows:
+        rows = object.__new__(_Rows)
+        rows.flat, rows.width, rows.index = self.flat, self.width, index
+        return rows
+
+    def __getitem__(self, key: tuple[slice, int]) -> Any:
+        return self.flat[self.index * self.width + key[1]]
+
+
 def _add_all(terms: list[Any]) -> Any:
     total = terms[0]
     for term in terms[1:]:
@@ -927,11 +947,13 @@ def _conc(
         clear.append(cl_m)
 
     # Per-subject table, columns [ka, lambda_1..lambda_n_eig, k_1..k_n_met, w_1..w_n_eig,
-    # w_1 ka F..w_n_eig ka F]: one gather of rows per group of evaluations.
+    # w_1 ka F..w_n_eig ka F], gathered column by column (see _Rows).
     zeros = xp.zeros_like(cl)
     ka_s = subj(ka, "ka") if has_depot else zeros
     ka_f = ka_s * subj(f_bio, "f_bio") if has_depot else zeros
-    table = xp.stack([ka_s, *lams, *k_el[1:], *weights, *(w * ka_f for w in weights)], axis=1)
+    table = _Rows(
+        be, [ka_s, *lams, *k_el[1:], *weights, *(w * ka_f for w in weights)], np.zeros(0, np.int64)
+    )
     c_lam, c_k = 1, 1 + n_eig
     c_w, c_wd = c_k + n_met, c_k + n_met + n_eig
 
@@ -961,10 +983,10 @@ def _conc(
     top = int(post.level.max(initial=0))
     states = None
     if len(post):
-        rows = table[layout.inf_subject]
+        rows = table.take(layout.inf_subject)
         coefs = [rows[:, c_w + i] for i in range(n_eig)]
         outs = evaluate(layout.inf_duration_h, rows, top, "zero", coefs, [], True)
-        states = xp.stack(outs, axis=1)  # (infusion, n_eig + top)
+        states = _Rows(be, outs, np.zeros(0, np.int64))  # modes, then levels 1..top
 
     # Stage 2: one evaluation of all chain levels per distinct (subject, time since dose,
     # infusion) of each kind of term (the analytes observed at one time share it), then each
@@ -984,12 +1006,12 @@ def _conc(
             sel = np.flatnonzero(group_level == lev)
             position = np.full(len(uniq), -1)
             position[sel] = np.arange(sel.size)
-            rows = table[uniq[sel, 0].astype(np.int64)]
+            rows = table.take(uniq[sel, 0].astype(np.int64))
             t = uniq[sel, 1]
             st_in: list[Any] = []
             extra: Any = None
             if kind == "post":
-                srows = states[uniq[sel, 2].astype(np.int64)]
+                srows = states.take(uniq[sel, 2].astype(np.int64))
                 coefs = [srows[:, i] for i in range(n_eig)]
                 st_in = [srows[:, n_eig + r] for r in range(lev)]
             elif kind == "depot":
