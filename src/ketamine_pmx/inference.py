@@ -359,17 +359,47 @@ def _likelihood(spec: PKSpec, data: PKData, pred: Any, observed: bool) -> None:
     if res["model"] == "log_proportional":
         sigma_prop = pm.HalfNormal("sigma_prop", res["sigma_prop_prior_sd"], dims="analyte")
         mu = pt.log(pt.maximum(pred, CONC_FLOOR_NG_ML))
-        dist = pm.Normal.dist(mu=mu, sigma=sigma_prop[a_idx])
+        sd = sigma_prop[a_idx]
     elif res["model"] == "additive":
         sigma_add = pm.HalfNormal("sigma_add", res["sigma_add_prior_sd"], dims="analyte")
-        dist = pm.Normal.dist(mu=pred, sigma=sigma_add[a_idx])
+        mu, sd = pred, sigma_add[a_idx]
     else:
         sigma_prop = pm.HalfNormal("sigma_prop", res["sigma_prop_prior_sd"], dims="analyte")
         sigma_add = pm.HalfNormal("sigma_add", res["sigma_add_prior_sd"], dims="analyte")
+        mu = pred
         sd = pt.sqrt(sigma_add[a_idx] ** 2 + (sigma_prop[a_idx] * pred) ** 2)
-        dist = pm.Normal.dist(mu=pred, sigma=sd)
-    pm.Censored(
-        "y", dist, lower=lower, upper=None, observed=value if observed else None, dims="obs"
+    # Normal, lower-censored at the LLOQ for BLQ rows (M3): the density of pm.Censored, but
+    # each row's term (log density or log CDF) is evaluated only on the rows it applies to
+    # (pm.Censored evaluates both, and their gradients, for every row); which rows are
+    # censored is data.
+    censored = np.flatnonzero(lower > -np.inf)
+    seen = np.flatnonzero(lower == -np.inf)
+
+    def logp(y: Any, mu: Any, sd: Any, bound: Any) -> Any:
+        out = pt.zeros_like(y, dtype="float64")
+        if seen.size:
+            dens = pm.logp(pm.Normal.dist(mu=mu[seen], sigma=sd[seen]), y[seen])
+            out = pt.set_subtensor(out[seen], dens)
+        if censored.size:
+            rows = censored
+            below = pm.logcdf(pm.Normal.dist(mu=mu[rows], sigma=sd[rows]), bound[rows])
+            # as pm.Censored: a censored row has probability mass only at its bound
+            below = pt.switch(pt.eq(y[rows], bound[rows]), below, -np.inf)
+            out = pt.set_subtensor(out[rows], below)
+        return out
+
+    def censored_normal(mu: Any, sd: Any, bound: Any, size: Any) -> Any:
+        return pm.Censored.dist(pm.Normal.dist(mu=mu, sigma=sd), lower=bound, upper=None)
+
+    pm.CustomDist(
+        "y",
+        mu,
+        sd,
+        lower,
+        dist=censored_normal,
+        logp=logp,
+        observed=value if observed else None,
+        dims="obs",
     )
 
 

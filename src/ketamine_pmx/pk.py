@@ -102,9 +102,11 @@ Vectorisation. :func:`build_layout` turns dose and observation records into flat
 in numpy: one *term* per (observation, dose) pair with t_obs > t_dose (an observation at the
 exact time of a dose does not see it: the pre-dose/trough convention), carrying the subject
 index, the time since dose, the amount or rate and the chain level observed. Parameters are
-per-subject arrays (or scalars) gathered by subject index; E is evaluated on the flat terms
-(grouped by number of nodes, one evaluation per group) and the contributions are summed per
-observation with a segment sum. :func:`np_conc_ng_ml` (numpy) and :func:`pt_conc_ng_ml`
+per-subject arrays (or scalars) gathered by subject index. The terms of the analytes sampled at
+the same time share their evaluation: all chain levels of one (subject, time since dose,
+infusion) are one element of a multi-output kernel (:func:`_chain_amounts`, one exponential per
+rate, shared by every E it needs), and each term takes its level's amount, times its dose, into
+its observation with a segment sum. :func:`np_conc_ng_ml` (numpy) and :func:`pt_conc_ng_ml`
 (PyTensor) share one implementation, so they have identical semantics.
 """
 
@@ -198,16 +200,25 @@ def _pt_backend() -> _Backend:
 # --------------------------------------------------------------------------------------
 
 
-def _sort_nodes(be: _Backend, nodes: list[Any]) -> list[Any]:
-    """Sort element-wise with a compare-and-swap network (odd-even transposition)."""
+def _sort_nodes(
+    be: _Backend, nodes: list[Any], carry: list[Any] | None = None
+) -> tuple[list, list]:
+    """Sort element-wise with a compare-and-swap network (odd-even transposition).
+
+    ``carry`` (one value per node, e.g. its exponential) is permuted along with the nodes.
+    """
     y = list(nodes)
+    c = list(nodes if carry is None else carry)
     n = len(y)
     for rnd in range(n):
         for i in range(rnd % 2, n - 1, 2):
             a, b = y[i], y[i + 1]
             keep = a <= b
             y[i], y[i + 1] = be.where(keep, a, b), be.where(keep, b, a)
-    return y
+            if carry is not None:
+                ca, cb = c[i], c[i + 1]
+                c[i], c[i + 1] = be.where(keep, ca, cb), be.where(keep, cb, ca)
+    return y, c
 
 
 def _exp_conv(be: _Backend, t: Any, nodes: Sequence[Any]) -> Any:
@@ -216,14 +227,18 @@ def _exp_conv(be: _Backend, t: Any, nodes: Sequence[Any]) -> Any:
         raise ValueError(f"E(t; nodes) needs 1 to 64 nodes, got {len(nodes)}")
     t = be.asarray(t)
     x = [be.asarray(v) for v in nodes]
-    xp = be.xp
     given = t > 0
     t_pos = be.where(given, t, 0.0)
+    exps = [be.xp.exp(-xi * t_pos) for xi in x]
+    return be.where(given, _exp_conv_pos(be, t_pos, x, exps), 0.0)
+
+
+def _exp_conv_pos(be: _Backend, t_pos: Any, x: Sequence[Any], exps: Sequence[Any]) -> Any:
+    """E(t; x) for t = t_pos >= 0, given ``exps[i] = exp(-x[i] t_pos)`` (shared between calls)."""
     n = len(x) - 1
     if n == 0:
-        return be.where(given, xp.exp(-x[0] * t_pos), 0.0)
-    y = _sort_nodes(be, x)
-    exp_y = [xp.exp(-yi * t_pos) for yi in y]
+        return exps[0]
+    y, exp_y = _sort_nodes(be, list(x), list(exps))
     level = exp_y  # level[i] = E over the run y_i..y_(i+m)
     # Taylor sums of the runs ending at j, T[j][r] = sum_p h_p(u) / (p + r)!, u_l = (y_j - y_l) t
     # over the run's other nodes; for the run (j, j) alone, T_r = 1/r!. Adding the node i to
@@ -253,7 +268,7 @@ def _exp_conv(be: _Backend, t: Any, nodes: Sequence[Any]) -> Any:
             new_level.append(be.where(taylor, by_taylor, by_recursion))
         level = new_level
         t_pow = t_pow * t_pos
-    return be.where(given, level[0], 0.0)
+    return level[0]
 
 
 def _exp_conv_naive(be: _Backend, t: Any, nodes: Sequence[Any]) -> Any:
@@ -381,6 +396,83 @@ def _apply_kernel(
     args = [be.asarray(v) for v in args]
     data = tuple(k in maybe_data and _is_data(v) for k, v in enumerate(args))
     return _kernel(key, build, data)(*args)
+
+
+class _MultiKernelGradient:
+    """Gradient override of a multi-output kernel: one fused vector-Jacobian product."""
+
+    def __init__(self, grad_op: Any, data: tuple[bool, ...]):
+        self.grad_op = grad_op
+        self.data = data
+
+    def __call__(self, inputs: list[Any], outputs: list[Any], output_grads: list[Any]) -> list[Any]:
+        import pytensor.tensor as pt
+        from pytensor.gradient import DisconnectedType
+
+        gs = [
+            pt.zeros_like(o) if isinstance(g.type, DisconnectedType) else g
+            for g, o in zip(output_grads, outputs, strict=True)
+        ]
+        derivs = [] if self.grad_op is None else self.grad_op(*inputs, *gs)
+        derivs = iter(derivs if isinstance(derivs, list) else [derivs])
+        return [DisconnectedType()() if is_data else next(derivs) for is_data in self.data]
+
+
+def _multi_kernel(
+    key: tuple[Any, ...], build: Callable[[list[Any]], list[Any]], data: tuple[bool, ...]
+) -> Any:
+    """:func:`_kernel` for a scalar graph with several outputs (that share subexpressions).
+
+    The gradient is one fused loop computing ``d(sum_o g_o out_o)/dx`` for every input not
+    flagged in ``data``, with the output gradients ``g_o`` as extra inputs.
+    """
+    cache_key = ("multi", key, data)
+    if cache_key in _KERNELS:
+        return _KERNELS[cache_key]
+    import pytensor
+    import pytensor.scalar as ps
+    import pytensor.tensor as pt
+    from pytensor.compile.builders import OpFromGraph
+    from pytensor.scalar.basic import Composite
+    from pytensor.tensor.elemwise import Elemwise
+
+    xs = [ps.float64(f"x{k}") for k in range(len(data))]
+    outs = build(xs)
+    gs = [ps.float64(f"g{o}") for o in range(len(outs))]
+    total = _add_all([g * o for g, o in zip(gs, outs, strict=True)])
+    _check_no_self_products(xs + gs, [total], key)
+    wrt = [x for x, is_data in zip(xs, data, strict=True) if not is_data]
+    value_op = Elemwise(Composite(xs, outs))
+    grads = pytensor.grad(total, wrt, disconnected_inputs="ignore") if wrt else []
+    grad_op = Elemwise(Composite(xs + gs, grads)) if wrt else None
+
+    vectors = [pt.dvector(f"x{k}") for k in range(len(data))]
+    values = value_op(*vectors)
+    values = values if isinstance(values, list) else [values]
+    op = OpFromGraph(
+        vectors,
+        values,
+        inline=False,
+        lop_overrides=_MultiKernelGradient(grad_op, data),
+        connection_pattern=[[not is_data] * len(outs) for is_data in data],
+        name="_".join(map(str, key)),
+    )
+    _KERNELS[cache_key] = op
+    return op
+
+
+def _apply_multi_kernel(
+    key: tuple[Any, ...],
+    build: Callable[[list[Any]], list[Any]],
+    args: list[Any],
+    maybe_data: tuple[int, ...] = (),
+) -> list[Any]:
+    """Apply :func:`_multi_kernel` to 1-D tensors of equal length; a list of outputs."""
+    be = _pt_backend()
+    args = [be.asarray(v) for v in args]
+    data = tuple(k in maybe_data and _is_data(v) for k, v in enumerate(args))
+    out = _multi_kernel(key, build, data)(*args)
+    return out if isinstance(out, list | tuple) else [out]
 
 
 @functools.cache
@@ -719,47 +811,84 @@ class Metabolite:
             raise ValueError("Metabolite: give exactly one of cl_f (formation clearance) or fm")
 
 
-class _Plan:
-    """E evaluations described by numpy index arrays, evaluated once per number of nodes.
+def _chain_amounts(
+    be: _Backend,
+    t: Any,
+    lams: Sequence[Any],
+    ks: Sequence[Any],
+    extra: Any,
+    coefs: Sequence[Any],
+    states: Sequence[Any],
+    split_modes: bool,
+    method: str = "stable",
+) -> list[Any]:
+    """Reduced amounts of the chain levels 0..len(ks) at time ``t`` after one input.
 
-    Each entry is an element-wise product ``E(t; rates[cols_0], rates[cols_1], ...) *
-    factors[fidx] * scale`` added into ``target`` of the output (a segment sum). ``rates``
-    and ``factors`` are flat per-subject tables (plus, for factors, the end-of-infusion
-    states), so each group costs a few gathers and one E kernel, whatever its origin.
+    ``A_0 = sum_i c_i E(t; lambda_i, z)`` (one output per mode when ``split_modes``) and, for
+    level l >= 1, ``A_l = sum_i c_i E(t; lambda_i, z, k_1..k_l) + sum_(r<=l) M_r E(t; k_r..k_l)``
+    with ``c_i`` the ``coefs``, ``M_r`` the ``states`` (metabolite amounts already present,
+    reduced by their chain coefficient; empty when none) and ``z`` the ``extra`` node: None
+    (bolus or state), ``"zero"`` (infusion still running: the step response) or a value
+    (depot: ka). All E share one exponential per node; 0 for t <= 0.
+    """
+    t = be.asarray(t)
+    given = t > 0
+    t_pos = be.where(given, t, 0.0)
+    if method == "naive":
+
+        def conv(entries: list[tuple[Any, Any]]) -> Any:
+            return _exp_conv_naive(be, t_pos, [x for x, _ in entries])
+    else:
+
+        def conv(entries: list[tuple[Any, Any]]) -> Any:
+            return _exp_conv_pos(be, t_pos, [x for x, _ in entries], [e for _, e in entries])
+
+    def node(x: Any) -> tuple[Any, Any]:
+        return x, be.xp.exp(-x * t_pos)
+
+    lam_e = [node(x) for x in lams]
+    k_e = [node(x) for x in ks]
+    if extra is None:
+        base = []
+    elif isinstance(extra, str):  # "zero": the node 0, exp(0) = 1
+        base = [(0.0, 1.0)]
+    else:
+        base = [node(extra)]
+    out = []
+    level0 = [c * conv([lam_e[i], *base]) for i, c in enumerate(coefs)]
+    out.extend(level0 if split_modes else [_add_all(level0)])
+    for lev in range(1, len(ks) + 1):
+        terms = [c * conv([lam_e[i], *base, *k_e[:lev]]) for i, c in enumerate(coefs)]
+        terms += [m * conv(k_e[r:lev]) for r, m in enumerate(states[:lev])]
+        out.append(_add_all(terms))
+    return [be.where(given, o, 0.0) for o in out]
+
+
+class _Rows:
+    """Rows ``index`` of a table stored row-major as a flat vector of ``width`` columns:
+    ``rows[:, c]`` is a 1-D gather (its gradient a 1-D scatter-add, much cheaper than the
+    matrix scatter-add of a row gather). Every column stays in the graph, used or not.
     """
 
-    def __init__(self) -> None:
-        self.groups: dict[int, list[tuple[np.ndarray, ...]]] = {}
+    def __init__(self, be: _Backend, columns: list[Any], index: np.ndarray):
+        self.flat = be.xp.stack(columns, axis=1).reshape((-1,))
+        self.width = len(columns)
+        self.index = index
 
-    def add(
-        self,
-        t: np.ndarray,
-        cols: list[np.ndarray],
-        fidx: np.ndarray,
-        scale: np.ndarray,
-        target: np.ndarray,
-    ) -> None:
-        if t.size:
-            self.groups.setdefault(len(cols), []).append((t, fidx, scale, target, *cols))
+    def take(self, index: np.ndarray) -> _Rows:
+        rows = object.__new__(_Rows)
+        rows.flat, rows.width, rows.index = self.flat, self.width, index
+        return rows
 
-    def evaluate(
-        self, be: _Backend, conv: Callable[..., Any], rates: Any, factors: Any, size: int
-    ) -> Any:
-        xp = be.xp
-        parts, targets = [], []
-        for _n_nodes, entries in sorted(self.groups.items()):
-            t, fidx, scale, target, *cols = (np.concatenate(a) for a in zip(*entries, strict=True))
-            value = conv(be, be.asarray(t), [rates[c] for c in cols])
-            parts.append(value * factors[fidx] * be.asarray(scale))
-            targets.append(target)
-        if not parts:
-            return be.segment_sum(be.asarray(np.zeros(0)), np.zeros(0, np.int64), size)
-        values = parts[0] if len(parts) == 1 else xp.concatenate(parts)
-        return be.segment_sum(values, np.concatenate(targets), size)
+    def __getitem__(self, key: tuple[slice, int]) -> Any:
+        return self.flat[self.index * self.width + key[1]]
 
 
-def _pt_conv(_be: _Backend, t: Any, nodes: Sequence[Any]) -> Any:
-    return _pt_exp_conv_flat(t, nodes)
+def _add_all(terms: list[Any]) -> Any:
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total
 
 
 def _conc(
@@ -793,10 +922,6 @@ def _conc(
     has_depot = len(layout.terms["depot"]) > 0
     if has_depot and (ka is None or f_bio is None):
         raise ValueError("depot doses need ka and f_bio")
-    if method == "naive":
-        conv = _exp_conv_naive
-    else:
-        conv = _pt_conv if be.name == "pytensor" else _exp_conv
     xp = be.xp
     ns = layout.n_subject
 
@@ -821,95 +946,92 @@ def _conc(
         vol.append(v_m)
         clear.append(cl_m)
 
-    # Flat per-subject tables. Rates: columns [0, ka, lambda_1..lambda_n_eig, k_1..k_n_met].
+    # Per-subject table, columns [ka, lambda_1..lambda_n_eig, k_1..k_n_met, w_1..w_n_eig,
+    # w_1 ka F..w_n_eig ka F], gathered column by column (see _Rows).
     zeros = xp.zeros_like(cl)
     ka_s = subj(ka, "ka") if has_depot else zeros
-    n_rcol = 2 + n_eig + n_met
-    rates = xp.stack([zeros, ka_s, *lams, *k_el[1:]], axis=1).reshape((-1,))
-    # Factors: columns [w_1..w_n_eig, w_i ka F ...].
-    n_fcol = 2 * n_eig
     ka_f = ka_s * subj(f_bio, "f_bio") if has_depot else zeros
-    factors = xp.stack([*weights, *(w * ka_f for w in weights)], axis=1).reshape((-1,))
-    mode = np.arange(n_eig)
+    table = _Rows(
+        be, [ka_s, *lams, *k_el[1:], *weights, *(w * ka_f for w in weights)], np.zeros(0, np.int64)
+    )
+    c_lam, c_k = 1, 1 + n_eig
+    c_w, c_wd = c_k + n_met, c_k + n_met + n_eig
 
-    def by_mode(a: np.ndarray) -> np.ndarray:
-        """Repeat per-term values over the parent's modes (mode index varies fastest)."""
-        return np.repeat(a, n_eig)
+    def evaluate(t, rows, lev, extra, coefs, states, split):
+        """Chain amounts (levels 0..lev) for the evaluations whose table rows are ``rows``."""
+        lam_in = [rows[:, c_lam + i] for i in range(n_eig)]
+        k_in = [rows[:, c_k + r] for r in range(lev)]
+        if be.name != "pytensor" or method != "stable":
+            return _chain_amounts(be, be.asarray(t), lam_in, k_in, extra, coefs, states, split, method)  # fmt: skip
+        extra_in = [] if extra is None or isinstance(extra, str) else [extra]
+        n_st = len(states)
 
-    def rate_col(s: np.ndarray, col: int | np.ndarray) -> np.ndarray:
-        return s * n_rcol + col
+        def build(xs: list[Any]) -> list[Any]:
+            it = iter(xs[1:])
+            take = [[next(it) for _ in range(k)] for k in (n_eig, lev, len(extra_in), n_eig, n_st)]  # fmt: skip
+            ex = take[2][0] if extra_in else extra
+            return _chain_amounts(_scalar_backend(), xs[0], take[0], take[1], ex, take[3], take[4], split)  # fmt: skip
 
-    def chain_cols(s: np.ndarray, first: int, last: int) -> list[np.ndarray]:
-        return [rate_col(s, 1 + n_eig + lv) for lv in range(first, last + 1)]
+        kind = "none" if extra is None else ("zero" if isinstance(extra, str) else "node")
+        key = ("chain", n_eig, lev, kind, n_st, split)
+        args = [t, *lam_in, *k_in, *extra_in, *coefs, *states]
+        return _apply_multi_kernel(key, build, args, maybe_data=(0,))
 
-    # Stage 1: end-of-infusion states of the ended infusions, per unit rate. Parent: per mode,
+    # Stage 1: end-of-infusion states of the ended infusions, per unit rate: parent per mode,
     # w_i E(T; 0, lambda_i); metabolite r: sum_i w_i E(T; 0, lambda_i, k_1..k_r).
     post = layout.terms["post"]
-    n_inf = layout.inf_subject.size
     top = int(post.level.max(initial=0))
-    n_state = n_inf * (n_eig + top)
     states = None
     if len(post):
-        stage1 = _Plan()
-        s_rep = by_mode(layout.inf_subject)
-        m_rep = np.tile(mode, n_inf)
-        d_rep = by_mode(np.arange(n_inf))
-        t_end = by_mode(layout.inf_duration_h)
-        for r in range(top + 1):
-            target = d_rep * n_eig + m_rep if r == 0 else n_inf * n_eig + d_rep * top + (r - 1)
-            stage1.add(
-                t_end,
-                [rate_col(s_rep, 0), rate_col(s_rep, 2 + m_rep), *chain_cols(s_rep, 1, r)],
-                s_rep * n_fcol + m_rep,
-                np.ones(s_rep.size),
-                target,
-            )
-        states = stage1.evaluate(be, conv, rates, factors, n_state)
-        factors = xp.concatenate([factors, states])
-    state0 = ns * n_fcol  # offset of the states in the factor vector
+        rows = table.take(layout.inf_subject)
+        coefs = [rows[:, c_w + i] for i in range(n_eig)]
+        outs = evaluate(layout.inf_duration_h, rows, top, "zero", coefs, [], True)
+        states = _Rows(be, outs, np.zeros(0, np.int64))  # modes, then levels 1..top
 
-    # Stage 2: every (observation, dose) term, added into its observation.
-    stage2 = _Plan()
-    for kind in ("bolus", "depot", "infusing"):
+    # Stage 2: one evaluation of all chain levels per distinct (subject, time since dose,
+    # infusion) of each kind of term (the analytes observed at one time share it), then each
+    # (observation, dose) pair takes its level's amount, times its dose, into its observation.
+    parts, pair_flat, pair_scale, pair_obs = [], [], [], []
+    offset = 0
+    for kind in TERM_KINDS:
         ts = layout.terms[kind]
-        for lev in np.unique(ts.level):
-            sel = ts.select(ts.level == lev)
-            s_rep, m_rep = by_mode(sel.subject_idx), np.tile(mode, len(sel))
-            cols = [rate_col(s_rep, 2 + m_rep), *chain_cols(s_rep, 1, lev)]
-            fcol = m_rep
-            if kind == "infusing":
-                cols.append(rate_col(s_rep, 0))
+        if not len(ts):
+            continue
+        keys = np.stack([ts.subject_idx, ts.dt_h, ts.dose_idx], axis=1).astype(float)
+        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        group_level = np.zeros(len(uniq), np.int64)
+        np.maximum.at(group_level, inverse, ts.level)
+        for lev in np.unique(group_level):
+            sel = np.flatnonzero(group_level == lev)
+            position = np.full(len(uniq), -1)
+            position[sel] = np.arange(sel.size)
+            rows = table.take(uniq[sel, 0].astype(np.int64))
+            t = uniq[sel, 1]
+            st_in: list[Any] = []
+            extra: Any = None
+            if kind == "post":
+                srows = states.take(uniq[sel, 2].astype(np.int64))
+                coefs = [srows[:, i] for i in range(n_eig)]
+                st_in = [srows[:, n_eig + r] for r in range(lev)]
             elif kind == "depot":
-                cols.append(rate_col(s_rep, 1))
-                fcol = n_eig + m_rep
-            stage2.add(
-                by_mode(sel.dt_h),
-                cols,
-                s_rep * n_fcol + fcol,
-                by_mode(sel.scale),
-                by_mode(sel.obs_idx),
-            )
-    for lev in np.unique(post.level):
-        sel = post.select(post.level == lev)
-        # r = 0: the parent's modes at the end of the infusion, through lambda_i, k_1..k_lev.
-        s_rep, m_rep = by_mode(sel.subject_idx), np.tile(mode, len(sel))
-        stage2.add(
-            by_mode(sel.dt_h),
-            [rate_col(s_rep, 2 + m_rep), *chain_cols(s_rep, 1, lev)],
-            state0 + by_mode(sel.dose_idx) * n_eig + m_rep,
-            by_mode(sel.scale),
-            by_mode(sel.obs_idx),
-        )
-        # r >= 1: metabolite r's end-of-infusion amount, through k_r..k_lev.
-        for r in range(1, lev + 1):
-            stage2.add(
-                sel.dt_h,
-                chain_cols(sel.subject_idx, r, lev),
-                state0 + n_inf * n_eig + sel.dose_idx * top + (r - 1),
-                sel.scale,
-                sel.obs_idx,
-            )
-    amounts = stage2.evaluate(be, conv, rates, factors, layout.n_obs)
+                coefs = [rows[:, c_wd + i] for i in range(n_eig)]
+                extra = rows[:, 0]
+            else:
+                coefs = [rows[:, c_w + i] for i in range(n_eig)]
+                extra = "zero" if kind == "infusing" else None
+            parts.extend(evaluate(t, rows, int(lev), extra, coefs, st_in, False))
+            pairs = position[inverse] >= 0
+            pair_flat.append(offset + ts.level[pairs] * sel.size + position[inverse[pairs]])
+            pair_scale.append(ts.scale[pairs])
+            pair_obs.append(ts.obs_idx[pairs])
+            offset += (int(lev) + 1) * sel.size
+    if parts:
+        flat = parts[0] if len(parts) == 1 else xp.concatenate(parts)
+        contrib = flat[np.concatenate(pair_flat)] * be.asarray(np.concatenate(pair_scale))
+        amounts = be.segment_sum(contrib, np.concatenate(pair_obs), layout.n_obs)
+    else:
+        amounts = be.segment_sum(be.asarray(np.zeros(0)), np.zeros(0, np.int64), layout.n_obs)
 
     n_lev = n_met + 1
     per_level = xp.stack([coef[j] / vol[j] for j in range(n_lev)], axis=1).reshape((-1,))
