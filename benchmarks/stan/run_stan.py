@@ -72,7 +72,7 @@ PARAMETER_KINDS = {
     "v_hnk": "volume",
 }
 FIXED = ("v_nk", "v_hnk")
-#: Stan's sampler columns -> ArviZ's sample_stats names (as inference._standard_sample_stats).
+#: Stan's sampler columns -> ArviZ's sample_stats names (as sampling.standard_sample_stats).
 SAMPLE_STATS = {
     "divergent__": "diverging",
     "energy__": "energy",

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from .contract import (
 )
 from .io import atomic_path, write_csv, write_json
 from .pk import DoseObsLayout, Metabolite, build_layout, np_conc_ng_ml, pt_conc_ng_ml
+from .sampling import run_nuts
 from .specs import PKSpec
 
 #: Effects relative to normal metabolisers.
@@ -420,41 +420,8 @@ def sample_pk(
         for v in (*model.free_RVs, *model.deterministics)
         if not v.name.startswith("z_") and v.name != "chol_eta"
     ]
-    t0 = time.perf_counter()
-    if backend == "nutpie":
-        import nutpie
-
-        compiled = nutpie.compile_pymc_model(model)
-        t1 = time.perf_counter()
-        idata = nutpie.sample(
-            compiled,
-            draws=sampler["draws"],
-            tune=sampler["tune"],
-            chains=sampler["chains"],
-            cores=sampler["cores"],
-            seed=seed,
-            target_accept=sampler["target_accept"],
-            low_rank_modified_mass_matrix=sampler["low_rank_mass_matrix"],
-            progress_bar=False,
-        )
-    elif backend == "pymc":
-        with model:
-            # The step method compiles the log density and its gradient: outside the timing.
-            step = pm.NUTS(target_accept=sampler["target_accept"])
-            t1 = time.perf_counter()
-            idata = pm.sample(
-                step=step,
-                draws=sampler["draws"],
-                tune=sampler["tune"],
-                chains=sampler["chains"],
-                cores=sampler["cores"],
-                random_seed=seed,
-                progressbar=False,
-                compute_convergence_checks=False,
-            )
-    else:  # guarded by the config schema
-        raise FitError(f"unknown sampler backend {backend!r}")
-    t2 = time.perf_counter()
+    run = run_nuts(model, sampler, seed)
+    idata = run.idata
     full = az.InferenceData(posterior=idata.posterior)
     with model:  # needs every free variable, the innovations included
         pm.compute_log_likelihood(
@@ -463,7 +430,7 @@ def sample_pk(
     # Unconstrained twins ("..._log__") and innovations are not kept (nutpie stores both).
     idata = az.InferenceData(
         posterior=idata.posterior[[v for v in idata.posterior.data_vars if v in keep]],
-        sample_stats=_standard_sample_stats(idata.sample_stats),
+        sample_stats=idata.sample_stats,
         log_likelihood=full.log_likelihood,
     )
     _add_data_groups(idata, spec, data)
@@ -475,35 +442,11 @@ def sample_pk(
             "ketamine_pmx_version": __version__,
             "sampler": backend,
             "seed": int(seed),
-            "compile_seconds": round(t1 - t0, 3),
-            "sampling_seconds": round(t2 - t1, 3),
+            "compile_seconds": run.compile_seconds,
+            "sampling_seconds": run.sampling_seconds,
         }
     )
     return idata
-
-
-def _standard_sample_stats(stats: xr.Dataset) -> xr.Dataset:
-    """Sample stats under ArviZ's names whichever sampler produced them."""
-    rename = {
-        "divergent": "diverging",
-        "mean_tree_accept": "acceptance_rate",
-        "depth": "tree_depth",
-    }
-    stats = stats.rename({k: v for k, v in rename.items() if k in stats and v not in stats})
-    keep = [
-        v
-        for v in (
-            "diverging",
-            "energy",
-            "tree_depth",
-            "n_steps",
-            "step_size",
-            "acceptance_rate",
-            "lp",
-        )
-        if v in stats
-    ]
-    return stats[keep]
 
 
 def _add_data_groups(idata: az.InferenceData, spec: PKSpec, data: PKData) -> None:
