@@ -248,7 +248,7 @@ def gof_table(data: PKData, reps: Replicates, seed: int) -> pd.DataFrame:
 def gof_summary(gof: pd.DataFrame) -> pd.DataFrame:
     """Per analyte: mean and SD of NPD (0 and 1 for an adequate model), the slope of NPD on
     log PRED, and the median log ratio DV/IPRED and DV/PRED (bias)."""
-    g = gof[gof["BLQ"] == 0]
+    g = gof[(gof["BLQ"] == 0) & (gof["DV"] > 0)]  # additive error models allow DV <= 0
     rows = []
     for analyte, a in g.groupby("ANALYTE", sort=True):
         x = np.log(np.maximum(a["PRED"], 1e-12))

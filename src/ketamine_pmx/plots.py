@@ -224,6 +224,7 @@ def vpc(table: pd.DataFrame, observations: pd.DataFrame | None = None) -> Figure
                 ax.axhline(floor, color="0.4", ls=":", lw=0.8)
             ax.set_yscale("log")
             ax.set_xscale("symlog", linthresh=1.0)
+            ax.set_xlim(left=0.0)
             ax.set_title(f"{s}: {a}", fontsize=8)
             ax.tick_params(labelsize=7)
             if c == 0:
