@@ -91,7 +91,8 @@ def get_truth_population(wildcards):
 
 def get_response_outputs():
     """Exposures, response fits, comparison, the effects table and the response checks;
-    nothing for a dataset without outcomes (models.response: [], e.g. a PK-only study)."""
+    nothing for a dataset without outcomes (models.response: [], e.g. a PK-only study).
+    """
     if not config["models"]["response"]:
         return []
     return [
