@@ -392,8 +392,9 @@ def calibration_table(idata: az.InferenceData, n_bins: int = 5) -> pd.DataFrame:
                 "n": n,
                 "predicted": float(p[sel].mean()),
                 "observed": k / n,
-                "observed_lo": float(beta.ppf(0.05, k + 0.5, n - k + 0.5)),
-                "observed_hi": float(beta.ppf(0.95, k + 0.5, n - k + 0.5)),
+                # Jeffreys interval, with the usual ends at 0 and 1 for k = 0 and k = n
+                "observed_lo": 0.0 if k == 0 else float(beta.ppf(0.05, k + 0.5, n - k + 0.5)),
+                "observed_hi": 1.0 if k == n else float(beta.ppf(0.95, k + 0.5, n - k + 0.5)),
             }
         )
     out = pd.DataFrame(rows)

@@ -316,7 +316,8 @@ def calibration(table: pd.DataFrame) -> Figure:
     ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=0.8)
     ax.errorbar(
         table["predicted"], table["observed"],
-        yerr=[table["observed"] - table["observed_lo"], table["observed_hi"] - table["observed"]],
+        yerr=[(table["observed"] - table["observed_lo"]).clip(lower=0),
+              (table["observed_hi"] - table["observed"]).clip(lower=0)],
         fmt="o", color="black", capsize=3,
     )  # fmt: skip
     ax.set_xlim(0, 1)
