@@ -32,8 +32,8 @@ import pandas as pd
 import xarray as xr
 from scipy.special import expit
 
-from .contract import CYP2B6_CLASSES, DOSE_TARGETS, EVID_DOSE
-from .inference import _chain_conc
+from .contract import CYP2B6_CLASSES, EVID_DOSE
+from .inference import _chain_conc, chain_doses
 from .io import atomic_path
 from .outcomes import primary_times
 from .pk import Metabolite, build_layout, np_conc_ng_ml
@@ -186,23 +186,6 @@ def metric_names(spec: PKSpec) -> list[str]:
     return [f"{m}_{a}" for m in ("AUC", "CMAX") for a in analytes]
 
 
-def _dose_arrays(
-    doses: pd.DataFrame, subject_index: dict[Any, int], chains: list[str]
-) -> dict[str, np.ndarray]:
-    """Doses per (subject, chain) pseudo-subject: the chain's share of each dose."""
-    subj = doses["ID"].map(subject_index).to_numpy(np.int64)
-    out: dict[str, list[np.ndarray]] = {"subject": [], "time": [], "amt": [], "rate": []}
-    for c, chain in enumerate(chains):
-        frac = (
-            doses["ANALYTE"].map(lambda t, ch=chain: DOSE_TARGETS[t].get(ch, 0.0)).to_numpy(float)
-        )
-        out["subject"].append(subj * len(chains) + c)
-        out["time"].append(doses["TIME"].to_numpy(float))
-        out["amt"].append(doses["AMT"].to_numpy(float) * frac)
-        out["rate"].append(doses["RATE"].to_numpy(float) * frac)
-    return {k: np.concatenate(v) for k, v in out.items()}
-
-
 def cmax_grid(doses: pd.DataFrame, window_end: float, offsets_h: list[float]) -> np.ndarray:
     """Candidate peak times of one patient: dose starts, infusion quarter points and ends,
     and ``offsets_h`` after each end, within (first dose, window_end]."""
@@ -296,7 +279,7 @@ def exposure_metrics(
     if missing:
         raise ExposureError(f"subjects {missing[:5]} of the posterior have no dose records")
     index = {sid: k for k, sid in enumerate(subjects)}
-    d = _dose_arrays(doses, index, list(spec.chains))
+    d = chain_doses(doses, index, spec)
     by_subj = dict(tuple(doses.groupby("ID", sort=False)))
     grids = [cmax_grid(by_subj[sid], window[k], cmax_offsets_h) for k, sid in enumerate(subjects)]
 
@@ -323,10 +306,11 @@ def exposure_metrics(
         shift = (np.arange(nb) * n_pseudo)[:, None]
 
         tiled = dict(
-            dose_subject=(d["subject"][None, :] + shift).ravel(),
-            dose_time_h=np.tile(d["time"], nb),
-            dose_amt_mg=np.tile(d["amt"], nb),
-            dose_rate_mg_h=np.tile(d["rate"], nb),
+            dose_subject=(d["dose_subject"][None, :] + shift).ravel(),
+            dose_time_h=np.tile(d["dose_time_h"], nb),
+            dose_amt_mg=np.tile(d["dose_amt_mg"], nb),
+            dose_rate_mg_h=np.tile(d["dose_rate_mg_h"], nb),
+            dose_route=d["dose_route"],
         )
         p = {k: v[lo:hi].ravel() for k, v in flat.items()}
         for lev in range(n_level):
@@ -374,7 +358,7 @@ def exposure_metrics(
 
 def _pairs_per_sample(d: dict[str, np.ndarray], obs_p: np.ndarray, obs_t: np.ndarray) -> int:
     """Observation-dose pairs of one sample (the batch size follows from it)."""
-    n_dose = np.bincount(d["subject"], minlength=int(obs_p.max(initial=0)) + 1)
+    n_dose = np.bincount(d["dose_subject"], minlength=int(obs_p.max(initial=0)) + 1)
     return int(n_dose[obs_p].sum())
 
 

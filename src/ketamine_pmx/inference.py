@@ -105,7 +105,6 @@ def prepare_pk_data(table: pd.DataFrame, spec: PKSpec) -> PKData:
     if spec.spec["covariates"].get("cyp2b6") and pd.isna(cyp).any():
         raise FitError("CYP2B6 is missing for a subject with PK observations (the model uses it)")
     doses = table[(table["EVID"] == EVID_DOSE) & table["ID"].isin(index)].copy()
-    route = "depot" if spec.structure["absorption"] == "first_order" else "central"
 
     obs = obs.reset_index(drop=True)
     obs["subject"] = obs["ID"].map(index).astype(int)
@@ -116,21 +115,9 @@ def prepare_pk_data(table: pd.DataFrame, spec: PKSpec) -> PKData:
     # chain receives its share of every dose (the enantiomer fraction of a racemic dose), and
     # the whole model is one vectorised evaluation whatever the number of chains.
     n_chain = len(spec.chains)
-    dose_subject = doses["ID"].map(index).to_numpy(np.int64)
-    d_subj, d_time, d_amt, d_rate = [], [], [], []
-    for c, chain in enumerate(spec.chains):
-        frac = doses["ANALYTE"].map(lambda t, ch=chain: DOSE_TARGETS[t].get(ch, 0.0))
-        d_subj.append(dose_subject * n_chain + c)
-        d_time.append(doses["TIME"].to_numpy(float))
-        d_amt.append(doses["AMT"].to_numpy(float) * frac.to_numpy(float))
-        d_rate.append(doses["RATE"].to_numpy(float) * frac.to_numpy(float))
     chain_index = {ch: c for c, ch in enumerate(spec.chains)}
     layout = build_layout(
-        dose_subject=np.concatenate(d_subj),
-        dose_time_h=np.concatenate(d_time),
-        dose_amt_mg=np.concatenate(d_amt),
-        dose_rate_mg_h=np.concatenate(d_rate),
-        dose_route=route,
+        **chain_doses(doses, index, spec),
         obs_subject=obs["subject"].to_numpy(np.int64) * n_chain
         + obs["chain"].map(chain_index).to_numpy(np.int64),
         obs_time_h=obs["TIME"].to_numpy(float),
@@ -155,6 +142,35 @@ def prepare_pk_data(table: pd.DataFrame, spec: PKSpec) -> PKData:
 # --------------------------------------------------------------------------------------
 # The model factory
 # --------------------------------------------------------------------------------------
+
+
+def chain_doses(
+    doses: pd.DataFrame, subject_index: dict[Any, int], spec: PKSpec
+) -> dict[str, np.ndarray]:
+    """``build_layout``'s dose arguments over pseudo-subjects ``subject * n_chain + chain``.
+
+    Each chain receives its share of every dose (the enantiomer fraction of a racemic dose,
+    :data:`DOSE_TARGETS`), into the depot for first-order absorption models, else the central
+    compartment; ``subject_index`` maps IDs to subject positions.
+    """
+    n_chain = len(spec.chains)
+    subject = doses["ID"].map(subject_index).to_numpy(np.int64)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("subject", "time", "amt", "rate")}
+    for c, chain in enumerate(spec.chains):
+        frac = doses["ANALYTE"].map(lambda t, ch=chain: DOSE_TARGETS[t].get(ch, 0.0))
+        frac = frac.to_numpy(float)
+        parts["subject"].append(subject * n_chain + c)
+        parts["time"].append(doses["TIME"].to_numpy(float))
+        parts["amt"].append(doses["AMT"].to_numpy(float) * frac)
+        parts["rate"].append(doses["RATE"].to_numpy(float) * frac)
+    route = "depot" if spec.structure["absorption"] == "first_order" else "central"
+    return {
+        "dose_subject": np.concatenate(parts["subject"]),
+        "dose_time_h": np.concatenate(parts["time"]),
+        "dose_amt_mg": np.concatenate(parts["amt"]),
+        "dose_rate_mg_h": np.concatenate(parts["rate"]),
+        "dose_route": route,
+    }
 
 
 def _logit(p: float) -> float:
@@ -591,6 +607,19 @@ def write_diagnostics(
 ) -> None:
     write_csv(csv_path, table, float_format="%.6g")
     write_json(json_path, {**stats, "gate_passed": not failures, "gate_failures": failures})
+
+
+def diagnose(idata: az.InferenceData, rules: dict[str, Any], csv_path, json_path) -> list[str]:
+    """Diagnostics table and gate of any posterior, written out; the gate's failures."""
+    table = diagnostics_table(idata)
+    stats = run_statistics(idata)
+    failures = gate(table, stats, rules)
+    write_diagnostics(table, stats, failures, csv_path, json_path)
+    return failures
+
+
+def gate_message(model: str, failures: list[str]) -> str:
+    return f"diagnostic gate FAILED for {model}:\n  - " + "\n  - ".join(failures)
 
 
 def fit_pk(

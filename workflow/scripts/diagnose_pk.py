@@ -2,25 +2,16 @@
 
 import sys
 
-from ketamine_pmx.inference import (
-    diagnostics_table,
-    gate,
-    load_idata,
-    run_statistics,
-    write_diagnostics,
-)
+from ketamine_pmx.inference import diagnose, gate_message, load_idata
 
 log = open(snakemake.log[0], "w", buffering=1)
 sys.stderr = log
 
 idata = load_idata(snakemake.input.posterior)
-table = diagnostics_table(idata)
-stats = run_statistics(idata)
-failures = gate(table, stats, snakemake.params.gate)
-write_diagnostics(table, stats, failures, snakemake.output.table, snakemake.output.gate)
+failures = diagnose(idata, snakemake.params.gate, snakemake.output.table, snakemake.output.gate)
 model = idata.posterior.attrs.get("model")
 if failures:
-    message = f"diagnostic gate FAILED for {model}:\n  - " + "\n  - ".join(failures)
+    message = gate_message(model, failures)
     print(message, file=log)
     if not snakemake.params.gate["allow_failure"]:
         print(message + "\n(set gate.allow_failure: true to continue anyway)", file=sys.__stderr__)
