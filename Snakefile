@@ -16,6 +16,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/pk.smk"
 include: "workflow/rules/response.smk"
 include: "workflow/rules/checks.smk"
+include: "workflow/rules/dosing.smk"
 
 
 rule all:

@@ -5,6 +5,9 @@
 ``ketamine-pmx validate DATA.csv [--config FILE] [--out DIR]``
     validate a dataset; exit 0 when it is clean, 1 with every problem listed otherwise;
     with --out, write the clean table and the data summary there.
+``ketamine-pmx recommend --patients FILE --run RESULTS_DIR [--out DIR] [--concentrations FILE]``
+    individualised dose recommendations for the patients of FILE from a finished run's
+    reference PK and response posteriors (written to DIR, default RESULTS_DIR/dosing/cli).
 
 Exit codes: 0 success, 1 invalid data, 2 invalid usage or configuration.
 """
@@ -41,7 +44,64 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("data", type=Path, help="dataset (CSV)")
     val.add_argument("--config", type=Path, default=None, help="run config with the data section")
     val.add_argument("--out", type=Path, default=None, help="write clean.csv and the summary here")
+    rec = sub.add_parser("recommend", help="individualised dose recommendations (research use)")
+    rec.add_argument("--patients", type=Path, required=True, help="patients file (CSV)")
+    rec.add_argument("--run", type=Path, required=True, help="results directory of a finished run")
+    rec.add_argument("--out", type=Path, default=None, help="output directory")
+    rec.add_argument(
+        "--concentrations", type=Path, default=None, help="measured concentrations (NONMEM rows)"
+    )
+    rec.add_argument("--config", type=Path, default=None, help="run config (YAML)")
     return parser
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from .dosing import (
+        DosingError,
+        load_concentrations,
+        load_models,
+        load_patients,
+        recommend,
+        regimen_grid,
+        write_recommendation,
+    )
+    from .inference import FitError
+    from .response import ResponseSpecError
+    from .specs import SpecError
+
+    try:
+        config = load_config(args.config)
+        regimen_grid(config["dosing"])
+        models_dir = Path(config["models"]["dir"])
+        pk_name, resp_name = config["models"]["pk"][0], config["models"]["response"][0]
+        paths = [
+            models_dir / f"{pk_name}.yaml",
+            args.run / "pk" / pk_name / "posterior.nc",
+            models_dir / f"{resp_name}.yaml",
+            args.run / "response" / resp_name / "posterior.nc",
+        ]
+        for path in paths:
+            if not path.is_file():
+                raise DosingError(f"{path} not found (run the workflow, or give --config)")
+        models = load_models(*paths, config["response"]["endpoints"])
+    except (ConfigError, DosingError, FitError, SpecError, ResponseSpecError, IndexError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        patients = load_patients(args.patients, models, config["dosing"], config["data"])
+        conc = None
+        if args.concentrations is not None:
+            conc = load_concentrations(args.concentrations, patients, config["data"])
+    except DataValidationError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_INVALID_DATA
+    result = recommend(models, patients, config["dosing"], config["seeds"]["dosing"], conc)
+    out = args.out if args.out is not None else args.run / "dosing" / "cli"
+    write_recommendation(result, out, config["dosing"])
+    cols = ["ID", "INDICATION", "METHOD", "REGIMEN", "P_RESPONSE", "LIKELY_NON_RESPONDER"]
+    print(result.recommendations[cols].to_string(index=False))
+    print(f"wrote {out} (research output, not medical advice)")
+    return EXIT_OK
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -90,7 +150,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handlers = {"simulate": _simulate, "validate": _validate}
+    handlers = {"simulate": _simulate, "validate": _validate, "recommend": _recommend}
     return handlers[args.command](args)
 
 

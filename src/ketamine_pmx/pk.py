@@ -891,6 +891,23 @@ def _add_all(terms: list[Any]) -> Any:
     return total
 
 
+def _unique_rows(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct rows of the stacked columns (as float) in lexicographic order, and the index of
+    each row's distinct row: ``np.unique(..., axis=0, return_inverse=True)`` by one lexsort
+    (several times faster on millions of rows than the row-as-bytes sort of ``axis=0``)."""
+    keys = np.stack(columns, axis=1).astype(float)
+    if len(keys) == 0:
+        return keys, np.zeros(0, np.int64)
+    order = np.lexsort(keys.T[::-1])
+    ordered = keys[order]
+    new = np.ones(len(keys), bool)
+    new[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    group = np.cumsum(new) - 1
+    inverse = np.empty(len(keys), np.int64)
+    inverse[order] = group
+    return ordered[new], inverse
+
+
 def _conc(
     be: _Backend,
     layout: DoseObsLayout,
@@ -997,9 +1014,7 @@ def _conc(
         ts = layout.terms[kind]
         if not len(ts):
             continue
-        keys = np.stack([ts.subject_idx, ts.dt_h, ts.dose_idx], axis=1).astype(float)
-        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
-        inverse = inverse.reshape(-1)
+        uniq, inverse = _unique_rows(ts.subject_idx, ts.dt_h, ts.dose_idx)
         group_level = np.zeros(len(uniq), np.int64)
         np.maximum.at(group_level, inverse, ts.level)
         for lev in np.unique(group_level):

@@ -343,3 +343,96 @@ def loo_pit(pit: np.ndarray) -> Figure:
     ax.set_xlabel("PIT", fontsize=8)
     ax.set_ylabel("ECDF - uniform", fontsize=8)
     return fig
+
+
+def dose_recommendation(
+    regimens: pd.DataFrame, rec: pd.Series, safety: dict, title: str | None = None
+) -> Figure:
+    """One patient: P(response) (90% band) and P(safety limit exceeded) against dose or rate.
+
+    One line per regimen shape (formulation, infusion length, sessions); the x axis is the
+    dose per kg for weight-based families and the infusion rate for fixed-rate ones. The
+    tolerated exceedance probabilities are dashed lines; the recommended regimen is starred.
+    """
+    fams = list(dict.fromkeys(regimens["FAMILY"]))
+    fig = Figure(figsize=(4.2 * len(fams), 5.4), layout="constrained")
+    axes = fig.subplots(2, len(fams), squeeze=False, sharex="col")
+    for c, fam in enumerate(fams):
+        g = regimens[regimens["FAMILY"] == fam]
+        per_kg = g["DOSE_MG_KG"].notna().all()
+        xcol = "DOSE_MG_KG" if per_kg else "RATE_MG_H"
+        top, bottom = axes[0, c], axes[1, c]
+        for key, s in g.groupby(["FORMULATION", "DURATION_H", "SESSIONS"], sort=True):
+            s = s.sort_values(xcol)
+            form, dur, n = key
+            shape = f"{dur * 60:.0f} min" if per_kg else f"{dur:g} h/day"
+            label = f"{form}, {shape}" + (f", x{n}" if n > 1 else "")
+            (line,) = top.plot(s[xcol], s["P_RESPONSE"], marker="o", ms=3, lw=1.2, label=label)
+            top.fill_between(
+                s[xcol], s["P_RESPONSE_LO"], s["P_RESPONSE_HI"], color=line.get_color(), alpha=0.12
+            )
+            bottom.plot(
+                s[xcol], s["P_PEAK_EXCEEDED"], color=line.get_color(), lw=1.2, marker="^", ms=3
+            )
+            bottom.plot(
+                s[xcol],
+                s["P_CUM_EXCEEDED"],
+                color=line.get_color(),
+                lw=1.0,
+                ls=":",
+                marker="s",
+                ms=3,
+            )
+        if rec.get("RECOMMENDED") is True and rec.get("FAMILY", fam) == fam:
+            chosen = g[g["REGIMEN"] == rec["REGIMEN"]]
+            if len(chosen):
+                x = chosen[xcol].iloc[0]
+                top.plot([x], [chosen["P_RESPONSE"].iloc[0]], marker="*", ms=16, color="k", ls="")
+                top.annotate(
+                    "recommended",
+                    (x, chosen["P_RESPONSE"].iloc[0]),
+                    xytext=(0, 10),
+                    textcoords="offset points",
+                    ha="center",
+                    fontsize=8,
+                )
+        bottom.axhline(safety["peak_tolerated_probability"], color="C3", ls="--", lw=0.8)
+        bottom.axhline(safety["cumulative_tolerated_probability"], color="C4", ls="-.", lw=0.8)
+        top.set_ylim(0, 1)
+        bottom.set_ylim(-0.02, 1.02)
+        top.set_title(fam, fontsize=9)
+        top.set_ylabel("P(response), 90% band")
+        bottom.set_ylabel(
+            f"P(peak > {safety['peak_ketamine_ng_ml']:g} ng/mL) (^)\n"
+            f"P(course AUC > {safety['cumulative_auc_ng_h_ml']:g}) (s)",
+            fontsize=8,
+        )
+        bottom.set_xlabel("dose (mg/kg)" if per_kg else "infusion rate (mg/h)")
+        top.legend(fontsize=7, loc="lower right")
+    fig.suptitle(title or f"patient {rec['ID']}: {rec.get('REGIMEN', '')}", fontsize=10)
+    return fig
+
+
+def dosing_trial(summary: pd.DataFrame) -> Figure:
+    """True response rate and true safety-limit exceedance, model-guided vs standard, by arm."""
+    arms = list(dict.fromkeys(summary["ARM"]))
+    strategies = list(dict.fromkeys(summary["STRATEGY"]))
+    fig = Figure(figsize=(8.5, 3.4), layout="constrained")
+    axes = fig.subplots(1, 3)
+    width = 0.8 / len(strategies)
+    x = np.arange(len(arms))
+    panels = [
+        ("TRUE_RESPONSE_RATE", "true response rate"),
+        ("TRUE_ANY_EXCEEDED", "share exceeding a safety limit (true)"),
+        ("MEAN_TOTAL_MG", "mean total dose (mg)"),
+    ]
+    for ax, (col, label) in zip(axes, panels, strict=True):
+        for k, strat in enumerate(strategies):
+            s = summary[summary["STRATEGY"] == strat].set_index("ARM").reindex(arms)
+            ax.bar(x + (k - (len(strategies) - 1) / 2) * width, s[col], width, label=strat)
+        ax.set_xticks(x, arms, fontsize=8)
+        ax.set_title(label, fontsize=9)
+    axes[0].set_ylim(0, 1)
+    axes[1].set_ylim(0, 1)
+    axes[0].legend(fontsize=8)
+    return fig

@@ -46,12 +46,14 @@ def get_final_outputs():
         *get_pk_outputs(),
         *expand(rules.ppc_pk.output, pk_model=config["models"]["pk"]),
         *get_response_outputs(),
+        *get_dosing_outputs(),
     ]
 
 
 wildcard_constraints:
     pk_model="|".join(config["models"]["pk"]),
     resp_model="|".join(config["models"]["response"]),
+    batch=r"\d+",
 
 
 REFERENCE_PK = config["models"]["pk"][0]

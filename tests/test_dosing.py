@@ -1,0 +1,404 @@
+"""Individualised dosing: exposures of candidate regimens against the simulator's ODE
+solution, the response linkage against the simulator's truth, the fast individual posterior
+against per-patient NUTS, the decision rule, refusals of bad input, and the virtual trial."""
+
+from __future__ import annotations
+
+import shutil
+import types
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, make_config
+from test_inference import true_parameters
+
+from ketamine_pmx import dosing
+from ketamine_pmx.cli import main as cli_main
+from ketamine_pmx.config import ConfigError, deep_merge
+from ketamine_pmx.data import DataValidationError
+from ketamine_pmx.inference import save_idata
+from ketamine_pmx.oracle import oracle_pk_posterior, oracle_response
+from ketamine_pmx.response import load_response_spec
+from ketamine_pmx.simulate import (
+    Dose,
+    apply_truth_overrides,
+    load_parameters,
+    response_linear_predictor,
+    simulate_trial,
+)
+from ketamine_pmx.specs import load_pk_spec
+
+PK_SPEC = load_pk_spec(REPO / "models" / "pk_2cmt_metab.yaml")
+RESP_SPEC = load_response_spec(REPO / "models" / "response_full.yaml")
+
+
+@pytest.fixture(scope="module")
+def world():
+    config = make_config()
+    sim = simulate_trial(config)
+    pop = sim.population
+    models = dosing.make_models(
+        PK_SPEC,
+        oracle_pk_posterior(pop, PK_SPEC, 400, jitter=0.02, seed=1),
+        RESP_SPEC,
+        *oracle_response(pop, RESP_SPEC, 400),
+        config["response"]["endpoints"],
+    )
+    return config, sim, models
+
+
+def _cfg(config, **changes):
+    return deep_merge(config["dosing"], changes)
+
+
+def test_regimen_exposures_and_response_match_the_simulator(world):
+    """Superposed unit infusions (exact solution) give the ODE's peak, course AUC and HNK
+    AUC, and with the oracle response model P(response) is the simulator's true one."""
+    config, sim, models = world
+    subj = sim.subjects.iloc[[0, 1]].reset_index(drop=True)
+    ids = subj["ID"].to_numpy()
+    params = true_parameters(sim.subjects, types.SimpleNamespace(subjects=ids))
+    patients = pd.DataFrame(
+        {
+            "ID": ids.astype(str),
+            "INDICATION": ["MDD", "CRPS"],
+            "WT": subj["WT"].to_numpy(float),
+            "CYP2B6_CLASS": subj["CYP2B6_CLASS"].to_numpy(),
+            "DSER": subj["DSER"].to_numpy(float),
+            "MG": subj["MG"].to_numpy(float),
+            "SETTING": ["outpatient", "outpatient"],
+        }
+    )
+    cfg = _cfg(
+        config,
+        regimens=[
+            {
+                "indication": "MDD",
+                "formulations": ["KET", "S_KET"],
+                "dose_mg_kg": [0.5],
+                "duration_h": [0.6667],
+            },
+            {
+                "indication": "CRPS",
+                "formulations": ["KET"],
+                "rate_mg_h": [10.0],
+                "hours_per_day": [4.0],
+                "sessions": [3],
+            },
+        ],
+    )
+    post = dosing.IndividualPosterior(
+        {k: v[None] for k, v in params.items()}, ["x"] * 2, np.ones(2)
+    )
+    grid = dosing.regimen_grid(cfg)
+    table, _ = dosing.evaluate_regimens(models, patients, post, grid, cfg, seed=0)
+    assert len(table) == 3
+    pars = apply_truth_overrides(
+        load_parameters(config["simulation"]["parameters"]), config["simulation"]["truth"]
+    )
+    arms = {"MDD": pars["arms"]["MDD"], "CRPS": pars["arms"]["CRPS_OUT"]}
+    truth_cols = [c for c in sim.subjects.columns if c[:2] in ("S_", "R_")]
+    for _, row in table.iterrows():
+        k = int(np.flatnonzero(patients["ID"] == row["ID"])[0])
+        ind_pk = sim.subjects.iloc[k][truth_cols].to_dict()
+        amt = row["AMOUNT_MG"]
+        doses = [
+            Dose(j * row["INTERVAL_H"], amt, amt / row["DURATION_H"], row["FORMULATION"])
+            for j in range(int(row["SESSIONS"]))
+        ]
+        tr = dosing._true_outcome(pars, arms[row["INDICATION"]], ind_pk, doses, 1e-10, 1e-12)
+        np.testing.assert_allclose(row["PEAK_KET_MEDIAN"], tr["PEAK_KET"], rtol=1e-5)
+        np.testing.assert_allclose(row["CUM_AUC_KET_MEDIAN"], tr["CUM_AUC_KET"], rtol=1e-5)
+        np.testing.assert_allclose(row["EXPOSURE_MEDIAN"], tr["AUC_HNK"], rtol=1e-5)
+        eta = response_linear_predictor(
+            pars,
+            np.array([row["INDICATION"]]),
+            np.array([tr["AUC_HNK"]]),
+            sim.population["reference_auc_hnk_ng_h_ml"],
+            np.array([patients.at[k, "DSER"]]),
+            np.array([patients.at[k, "MG"]]),
+        )
+        np.testing.assert_allclose(row["P_RESPONSE"], 1 / (1 + np.exp(-eta[0])), rtol=1e-5)
+
+
+def _patients_and_conc(world, ids):
+    config, _, models = world
+    patients = dosing.load_patients(
+        REPO / "data" / "new_patients.csv", models, config["dosing"], config["data"]
+    )
+    conc = dosing.load_concentrations(
+        REPO / "data" / "new_patients_concentrations.csv", patients, config["data"]
+    )
+    keep = patients["ID"].isin(ids)
+    return patients[keep].reset_index(drop=True), conc[conc["ID"].isin(ids)]
+
+
+def _log_draws(post: dosing.IndividualPosterior, k: int) -> dict[str, np.ndarray]:
+    return {
+        f"{n}[{c}]": np.log(v[:, k, c])
+        for n, v in post.params.items()
+        for c in range(v.shape[-1])
+        if np.ptp(v[:, k, c]) > 0
+    }
+
+
+def test_fast_posterior_agrees_with_per_patient_nuts(world):
+    """With measured concentrations (Laplace importance sampling) and without (population
+    draws), the fast method's draws match per-patient NUTS of the same posterior."""
+    config, _, models = world
+    cfg = _cfg(config, pk_draws=400, proposals=4000, nuts={"draws": 400, "tune": 400})
+    patients, conc = _patients_and_conc(world, ["MDD-03"])
+    fast = dosing.individual_posterior(models, patients, conc, cfg, seed=3, force="importance")
+    slow = dosing.individual_posterior(models, patients, conc, cfg, seed=3, force="nuts")
+    assert fast.method == ["importance"] and slow.method == ["nuts"]
+    assert fast.ess[0] > cfg["min_ess"]
+    a, b = _log_draws(fast, 0), _log_draws(slow, 0)
+    prior = _log_draws(dosing.individual_posterior(models, patients, None, cfg, seed=3), 0)
+    shrunk = 0
+    for name in b:
+        sd = b[name].std()
+        assert abs(a[name].mean() - b[name].mean()) < 0.25 * sd + 0.02, name
+        assert 0.7 < a[name].std() / sd < 1.4, name
+        shrunk += sd < 0.7 * prior[name].std()
+    assert shrunk >= 4  # the test dose is informative: the posterior is not the prior
+    grid = dosing.regimen_grid(cfg)
+    t_fast, _ = dosing.evaluate_regimens(models, patients, fast, grid, cfg, seed=0)
+    t_slow, _ = dosing.evaluate_regimens(models, patients, slow, grid, cfg, seed=0)
+    assert np.abs(t_fast["P_RESPONSE"] - t_slow["P_RESPONSE"]).max() < 0.04
+    assert np.abs(np.log(t_fast["PEAK_KET_MEDIAN"] / t_slow["PEAK_KET_MEDIAN"])).max() < 0.1
+
+    # Without concentrations: population draws vs NUTS of the moment-matched prior.
+    pop = dosing.individual_posterior(models, patients, None, cfg, seed=4)
+    wt, cyp = patients["WT"].to_numpy(float), patients["CYP2B6_CLASS"].to_numpy(str)
+    prop, prop_post = dosing._population_draws(models, wt, cyp, 4000, np.random.default_rng(5))
+    target = dosing.PatientTarget(models, None, prop, prop_post)
+    theta, div = dosing.nuts_patient(target, 400, cfg["nuts"], seed=6)
+    assert div == 0
+    nuts_params = target.params(theta)
+    for name, v in pop.params.items():
+        for c in range(v.shape[-1]):
+            x, y = np.log(v[:, 0, c]), np.log(nuts_params[name][:, 0, c])
+            if np.ptp(x) == 0:
+                continue
+            assert abs(x.mean() - y.mean()) < 0.2 * x.std() + 0.01, (name, c)
+            assert 0.75 < y.std() / x.std() < 1.33, (name, c)
+
+
+def test_decision_rule():
+    rows = []
+    specs = [  # (patient, regimen, P(response), P(peak), P(cum), cumulative AUC)
+        (0, "a", 0.70, 0.00, 0.00, 1000.0),
+        (0, "b", 0.72, 0.00, 0.00, 3000.0),  # within the margin of the best: costlier
+        (0, "c", 0.90, 0.50, 0.00, 9000.0),  # best, but unsafe
+        (1, "a", 0.20, 0.00, 0.00, 500.0),  # best acceptable below the threshold
+        (1, "b", 0.60, 0.00, 0.80, 5000.0),
+        (2, "a", 0.90, 0.30, 0.00, 500.0),  # nothing acceptable
+    ]
+    for i, reg, p, pp, pc, cum in specs:
+        rows.append(
+            {
+                "patient": i,
+                "ID": f"P{i}",
+                "REGIMEN": reg,
+                "P_RESPONSE": p,
+                "P_PEAK_EXCEEDED": pp,
+                "P_CUM_EXCEEDED": pc,
+                "CUM_AUC_KET_MEDIAN": cum,
+                "TOTAL_MG": cum / 10,
+                "EXPOSURE_LOGIT": -1.0 if i == 1 else 0.0,
+            }
+        )
+    table = pd.DataFrame(rows)
+    table["ACCEPTABLE"] = (table["P_PEAK_EXCEEDED"] <= 0.1) & (table["P_CUM_EXCEEDED"] <= 0.1)
+    patients = pd.DataFrame(
+        {
+            "ID": ["P0", "P1", "P2"],
+            "INDICATION": "MDD",
+            "SETTING": "outpatient",
+            "CYP2B6_CLASS": ["NM", "PM", "NM"],
+            "DSER": 4.0,
+            "MG": 0.85,
+        }
+    )
+    post = dosing.IndividualPosterior({}, ["population"] * 3, np.full(3, 200.0))
+    cfg = {"decision": {"margin": 0.03, "min_p_response": 0.3}}
+    contrib = {"DSER": np.zeros(3), "MG": np.zeros(3), "CYP2B6": np.zeros(3)}
+    rec = dosing.decide(table, patients, contrib, post, cfg, "AUC_HNK").set_index("ID")
+    assert rec.loc["P0", "REGIMEN"] == "a" and not rec.loc["P0", "LIKELY_NON_RESPONDER"]
+    assert rec.loc["P1", "REGIMEN"] == "a" and rec.loc["P1", "LIKELY_NON_RESPONDER"]
+    assert rec.loc["P1", "DRIVER"].startswith("low predicted HNK exposure; CYP2B6 PM")
+    assert not rec.loc["P2", "RECOMMENDED"]
+    assert "safety limits" in rec.loc["P2", "REASON"]
+
+
+def test_regimen_grid_refuses_unsafe_families(world):
+    config, _, _ = world
+    bad = _cfg(
+        config,
+        regimens=[
+            {
+                "indication": "CRPS",
+                "setting": "outpatient",
+                "formulations": ["KET"],
+                "rate_mg_h": [10, 30],
+                "hours_per_day": [4],
+            }
+        ],
+    )
+    with pytest.raises(
+        ConfigError, match=r"regimens\[0\].rate_mg_h: \[30\] above the hard maximum 20"
+    ):
+        dosing.regimen_grid(bad)
+    bad = _cfg(
+        config, regimens=[{"indication": "MDD", "formulations": ["KET"], "dose_mg_kg": [0.5]}]
+    )
+    with pytest.raises(ConfigError, match="give dose_mg_kg with duration_h"):
+        dosing.regimen_grid(bad)
+
+
+GOOD = "ID,INDICATION,SETTING,WT,AGE,SEX,CYP2B6,DSER,MG,MAX_DOSE_MG_KG,MAX_RATE_MG_H\n"
+
+
+@pytest.mark.parametrize(
+    ("rows", "rule", "line"),
+    [
+        ("A,MDD,outpatient,70,40,F,*1/*1,,0.9,,\n", "covariate-missing", "line 2, column DSER"),
+        (
+            "A,MDD,outpatient,70,40,F,*1/*1,4,0.9,,\nB,MDD,outpatient,500,40,F,*1/*1,4,0.9,,\n",
+            "covariate-range",
+            "line 3, column WT",
+        ),
+        ("A,PTSD,outpatient,70,40,F,*1/*1,4,0.9,,\n", "indication-unknown", "line 2"),
+        ("A,MDD,outpatient,70,40,F,*2/*2,4,0.9,,\n", "cyp2b6-unknown", "line 2"),
+        ("A,MDD,outpatient,seventy,40,F,*1/*1,4,0.9,,\n", "not-a-number", "line 2, column WT"),
+        ("A,CRPS,outpatient,70,40,F,*1/*1,4,0.9,,35\n", "rate-cap", "line 2"),
+        ("A,MDD,outpatient,70,40,F,*1/*1,4,0.9,-0.5,\n", "dose-cap", "line 2"),
+        (
+            "A,MDD,outpatient,70,40,F,*1/*1,4,0.9,,\nA,MDD,ward,70,40,F,*1/*1,4,0.9,,\n",
+            "setting-unknown",
+            "line 3",
+        ),
+    ],
+)
+def test_bad_patient_files_are_refused_by_row(world, tmp_path, rows, rule, line):
+    config, _, models = world
+    path = tmp_path / "patients.csv"
+    path.write_text(GOOD + rows)
+    with pytest.raises(DataValidationError) as err:
+        dosing.load_patients(path, models, config["dosing"], config["data"])
+    assert f"[{rule}]" in str(err.value) and line in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "rule"),
+    [
+        (lambda t: t.replace("MDD-03,0.0,1,", "MDD-03,0.0,7,", 1), "evid-unknown"),
+        (lambda t: t.replace("MDD-03,1.0,0,,,S_KET,", "MDD-03,1.0,0,,,S_KETX,", 1), "analyte"),
+        (lambda t: t.replace("MDD-03,", "MDD-99,", 1), "id-unknown"),
+        (lambda t: t.replace("MDD-03,2.0,", "MDD-03,-2.0,", 1), "time-invalid"),
+    ],
+)
+def test_malformed_concentration_rows_are_refused(world, tmp_path, edit, rule):
+    config, _, models = world
+    patients = dosing.load_patients(
+        REPO / "data" / "new_patients.csv", models, config["dosing"], config["data"]
+    )
+    text = (REPO / "data" / "new_patients_concentrations.csv").read_text()
+    path = tmp_path / "conc.csv"
+    path.write_text(edit(text))
+    with pytest.raises(DataValidationError) as err:
+        dosing.load_concentrations(path, patients, config["data"])
+    msg = str(err.value)
+    assert rule in msg and "line" in msg, msg
+
+
+def test_virtual_trial_with_the_true_model(world):
+    """Guided by the true model, dosing is at least as effective as the standard protocols,
+    exceeds the safety limits less, and flags patients whose true response rate is low."""
+    config, _, models = world
+    cfg = deep_merge(
+        config, {"dosing": {"trial": {"patients": {"MDD": 30, "CRPS_OUT": 15, "CRPS_IN": 15}}}}
+    )
+    per, summary, _ = dosing.virtual_trial(cfg, models, seed=11)
+    s = summary.set_index(["ARM", "STRATEGY"])
+    assert (
+        s.loc[("all", "guided"), "TRUE_ANY_EXCEEDED"]
+        <= s.loc[("all", "standard"), "TRUE_ANY_EXCEEDED"]
+    )
+    assert (
+        s.loc[("MDD", "guided"), "TRUE_RESPONSE_RATE"]
+        > s.loc[("MDD", "standard"), "TRUE_RESPONSE_RATE"]
+    )
+    assert s.loc[("all", "guided"), "PATIENTS"] == 60
+    guided = per[per["STRATEGY"] == "guided"]
+    if guided["FLAGGED"].any():
+        assert (
+            guided.loc[guided["FLAGGED"], "TRUE_P_RESPONSE"].mean()
+            < guided.loc[~guided["FLAGGED"], "TRUE_P_RESPONSE"].mean()
+        )
+
+
+def test_cli_recommend(world, tmp_path, capsys):
+    """``ketamine-pmx recommend`` on a run directory: outputs per patient; bad input exits 1."""
+    _, _, models = world
+    run = tmp_path / "results"
+    pk = az.InferenceData(posterior=models.pk_posterior.unstack("sample"))
+    pk.posterior.attrs.update(spec_sha256=PK_SPEC.sha256, model=PK_SPEC.name)
+    resp = az.InferenceData(
+        posterior=models.resp_posterior.unstack("sample"), constant_data=models.resp_const
+    )
+    resp.posterior.attrs.update(spec_sha256=RESP_SPEC.sha256, model=RESP_SPEC.name)
+    save_idata(pk, run / "pk" / PK_SPEC.name / "posterior.nc")
+    save_idata(resp, run / "response" / RESP_SPEC.name / "posterior.nc")
+    models_dir = tmp_path / "models"
+    shutil.copytree(REPO / "models", models_dir)
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(
+        f"models: {{dir: {models_dir}, pk: [pk_2cmt_metab], response: [response_full]}}\n"
+        "dosing: {pk_draws: 50, proposals: 500}\n"
+    )
+    patients = REPO / "data" / "new_patients.csv"
+    conc = REPO / "data" / "new_patients_concentrations.csv"
+    out = tmp_path / "out"
+    code = cli_main(
+        [
+            "recommend",
+            "--patients",
+            str(patients),
+            "--run",
+            str(run),
+            "--out",
+            str(out),
+            "--config",
+            str(cfg_path),
+            "--concentrations",
+            str(conc),
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    rec = dosing.read_table(out / "recommendations.csv")
+    assert len(rec) == 12 and set(rec.loc[rec["ID"].isin(["MDD-03", "CRPS-02"]), "METHOD"]) == {
+        "importance"
+    }
+    assert (out / "patients" / "MDD-01.png").is_file()
+    assert "not medical advice" in (out / "patients" / "MDD-01.md").read_text()
+    bad = tmp_path / "bad.csv"
+    bad.write_text(GOOD + "A,MDD,outpatient,70,40,F,*1/*1,,0.9,,\n")
+    code = cli_main(
+        ["recommend", "--patients", str(bad), "--run", str(run), "--config", str(cfg_path)]
+    )
+    assert code == 1 and "covariate-missing" in capsys.readouterr().err
+    code = cli_main(
+        [
+            "recommend",
+            "--patients",
+            str(patients),
+            "--run",
+            str(tmp_path / "nowhere"),
+            "--config",
+            str(cfg_path),
+        ]
+    )
+    assert code == 2 and "not found" in capsys.readouterr().err

@@ -1,0 +1,120 @@
+# Stage 5: individualised dosing. Recommendations for the patients file (scattered in batches
+# for cluster runs, then gathered), and the virtual trial of model-guided dosing.
+
+
+def get_reference_fits(wildcards=None):
+    """Specs, posteriors and gates of the reference PK and response models."""
+    ref_resp = config["models"]["response"][0]
+    return {
+        "pk_spec": repo_path(
+            os.path.join(config["models"]["dir"], f"{REFERENCE_PK}.yaml")
+        ),
+        "pk": f"{RESULTS}/pk/{REFERENCE_PK}/posterior.nc",
+        "pk_gate": f"{RESULTS}/pk/{REFERENCE_PK}/gate.json",
+        "response_spec": get_response_spec(ref_resp),
+        "response": f"{RESULTS}/response/{ref_resp}/posterior.nc",
+        "response_gate": f"{RESULTS}/response/{ref_resp}/gate.json",
+    }
+
+
+def get_concentrations(wildcards):
+    path = config["dosing"]["concentrations"]
+    return repo_path(path) if path else []
+
+
+def get_dosing_outputs():
+    """Recommendations, and the virtual trial on simulated data; nothing without response models."""
+    if not config["models"]["response"]:
+        return []
+    out = [*rules.recommend_doses.output]
+    if not config["data"]["path"]:
+        out += [*rules.dosing_trial.output]
+    return out
+
+
+rule recommend_batch:
+    input:
+        unpack(get_reference_fits),
+        patients=repo_path(config["dosing"]["patients"]),
+        concentrations=get_concentrations,
+    output:
+        temp(directory(f"{RESULTS}/dosing/batches/{{batch}}")),
+    log:
+        f"{RESULTS}/logs/dosing/batch_{{batch}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/dosing/batch_{{batch}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=rule_resources("recommend_doses").get("mem_mb", 4000),
+        runtime=rule_resources("recommend_doses").get("runtime", 30),
+    params:
+        config=config_for("dosing", "response", "data", "seeds"),
+    script:
+        "../scripts/recommend_batch.py"
+
+
+rule recommend_doses:
+    input:
+        batches=expand(
+            f"{RESULTS}/dosing/batches/{{batch}}",
+            batch=range(config["dosing"]["batches"]),
+        ),
+    output:
+        recommendations=report(
+            f"{RESULTS}/dosing/recommendations.csv",
+            caption="../report/recommendations.rst",
+            category="8. Dosing",
+        ),
+        regimens=f"{RESULTS}/dosing/regimens.csv",
+        summary=report(
+            f"{RESULTS}/dosing/summary.md",
+            caption="../report/recommendations_summary.rst",
+            category="8. Dosing",
+        ),
+        patients=report(
+            directory(f"{RESULTS}/dosing/patients"),
+            patterns=["{name}.png"],
+            caption="../report/dose_curves.rst",
+            category="8. Dosing",
+            subcategory="patients",
+        ),
+    log:
+        f"{RESULTS}/logs/dosing/recommend_doses.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        out_dir=f"{RESULTS}/dosing",
+    script:
+        "../scripts/recommend_doses.py"
+
+
+rule dosing_trial:
+    input:
+        unpack(get_reference_fits),
+        truth=rules.simulate_trial.output.population,
+    output:
+        patients=f"{RESULTS}/dosing/trial_patients.csv",
+        summary=report(
+            f"{RESULTS}/dosing/trial_summary.csv",
+            caption="../report/dosing_trial.rst",
+            category="8. Dosing",
+        ),
+        figure=report(
+            f"{RESULTS}/dosing/trial.png",
+            caption="../report/dosing_trial.rst",
+            category="8. Dosing",
+        ),
+    log:
+        f"{RESULTS}/logs/dosing/dosing_trial.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/dosing/dosing_trial.tsv"
+    threads: 1
+    resources:
+        mem_mb=rule_resources("dosing_trial").get("mem_mb", 4000),
+        runtime=rule_resources("dosing_trial").get("runtime", 30),
+    params:
+        config=config_for("dosing", "response", "data", "seeds", "simulation"),
+    script:
+        "../scripts/dosing_trial.py"
