@@ -89,7 +89,7 @@ from .inference import (
     load_idata,
     prepare_pk_data,
 )
-from .pk import build_layout, np_conc_ng_ml, pt_conc_ng_ml
+from .pk import build_layout, np_conc_ng_ml, np_disposition, pt_conc_ng_ml
 from .response import PREFIX, ResponseSpec, load_response_spec
 from .specs import CHAIN_ANALYTES, PKSpec, load_pk_spec
 
@@ -897,6 +897,26 @@ def _auc_times(reg_shapes: list[Regimen], endpoint: dict[str, Any]) -> dict[int,
     return out
 
 
+#: exp(-36) = 2e-16: a tail this many slowest time constants long is below double precision.
+TAIL_RATE_TIMES = 36.0
+
+
+def _slowest_rate(spec: PKSpec, p: dict[str, np.ndarray]) -> np.ndarray:
+    """The smallest rate constant (1/h) of each pseudo-subject's system: the parent's terminal
+    eigenvalue and every metabolite's elimination rate (and absorption, if any)."""
+    mets = spec.structure["metabolites"]
+    cl = p["cl_f"] + p["cl_o"] if mets else p["cl"]
+    lams, _ = np_disposition(cl, p["vc"], p.get("q"), p.get("vp"), p.get("q2"), p.get("vp2"))
+    rates = [np.min(np.stack(lams), axis=0)]
+    if "NK" in mets:
+        rates.append(p["cl_nk"] / p["v_nk"])
+    if "HNK" in mets:
+        rates.append(p["cl_hnk"] / p["v_hnk"])
+    if "ka" in p:
+        rates.append(p["ka"])
+    return np.min(np.stack([np.broadcast_to(r, cl.shape) for r in rates]), axis=0)
+
+
 def _unit_curves(
     spec: PKSpec,
     params: dict[str, np.ndarray],
@@ -936,16 +956,28 @@ def _unit_curves(
         )
         peak[lo:hi] = _chain_conc(spec, layout, p, conc=np_conc_ng_ml).reshape(nb, -1)
         if pos.any():
+            # Beyond TAIL_RATE_TIMES / (slowest rate) after the infusion every AUC of this
+            # pseudo-subject equals its AUC to infinity to machine precision: one evaluation
+            # (at the latest time) stands for all of them.
+            lam = _slowest_rate(spec, p)
             t = auc_times[pos]
+            tail = lam[:, None] * (t[None, :] - duration) > TAIL_RATE_TIMES
+            last = t.size - 1
+            need = ~tail
+            need[:, last] = True
+            rows, cols = np.nonzero(need)
             for lev in levels:
                 layout = build_layout(
                     **dose,
-                    obs_subject=np.repeat(subj, t.size),
-                    obs_time_h=np.tile(t, nb),
+                    obs_subject=rows,
+                    obs_time_h=t[cols],
                     obs_level=lev + 1,
                 )
-                vals = _chain_conc(spec, layout, p, conc=_auc_conc(lev)).reshape(nb, -1)
-                aucs[lev][lo:hi, pos] = vals
+                vals = _chain_conc(spec, layout, p, conc=_auc_conc(lev))
+                out = np.empty((nb, t.size))
+                out[rows, cols] = vals
+                out = np.where(tail, out[:, [last]], out)
+                aucs[lev][lo:hi, pos] = out
     shape = (n_s, n_p, n_c)
     return peak.reshape(*shape, -1), {k: v.reshape(*shape, -1) for k, v in aucs.items()}
 

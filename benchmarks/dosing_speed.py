@@ -1,0 +1,98 @@
+"""Speed of dose recommendations: N new patients without concentrations over the default
+regimen grid (config/config.yaml's dosing section), with the simulator's truth as the models
+(``ketamine_pmx.oracle``; the cost does not depend on where the posterior draws come from).
+
+    python benchmarks/dosing_speed.py --patients 1000 [--repeat 2] [--out FILE]
+
+Patients are drawn from the simulator's covariate model with the default arm mix (MDD,
+CRPS outpatient, CRPS inpatient). Reports seconds for the whole recommendation (individual
+draws, every candidate regimen's exposures and P(response)/P(limits), the decision) and per
+patient.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from ketamine_pmx.config import load_config  # noqa: E402
+from ketamine_pmx.dosing import make_models, recommend, regimen_grid  # noqa: E402
+from ketamine_pmx.oracle import oracle_pk_posterior, oracle_response  # noqa: E402
+from ketamine_pmx.response import load_response_spec  # noqa: E402
+from ketamine_pmx.simulate import draw_subjects, load_parameters, simulate_trial  # noqa: E402
+from ketamine_pmx.specs import load_pk_spec  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--patients", type=int, default=1000)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None, help="append a CSV row here")
+    args = ap.parse_args()
+    os.chdir(ROOT)
+    config = load_config(
+        "config/config.yaml", {"simulation": {"arms": {"MDD": 2, "CRPS_OUT": 1, "CRPS_IN": 1}}}
+    )
+    population = simulate_trial(config).population
+    pk_spec = load_pk_spec("models/pk_2cmt_metab.yaml")
+    resp_spec = load_response_spec("models/response_full.yaml")
+    cfg = config["dosing"]
+    n_draws = cfg["pk_draws"]
+    models = make_models(
+        pk_spec,
+        oracle_pk_posterior(population, pk_spec, 4000, jitter=0.03, seed=0),
+        resp_spec,
+        *oracle_response(population, resp_spec, 4000),
+        config["response"]["endpoints"],
+    )
+    params = load_parameters(config["simulation"]["parameters"])
+    share = {"MDD": 0.5, "CRPS_OUT": 0.3, "CRPS_IN": 0.2}
+    arms = {a: round(args.patients * f) for a, f in share.items()}
+    subj = draw_subjects(
+        params, arms, config["simulation"]["population_mix"], np.random.default_rng(1)
+    )
+    patients = pd.DataFrame(
+        {
+            "ID": subj["ID"].astype(str),
+            "INDICATION": subj["INDICATION"],
+            "WT": subj["WT"].astype(float),
+            "CYP2B6_CLASS": subj["CYP2B6_CLASS"],
+            "DSER": subj["DSER"].astype(float),
+            "MG": subj["MG"].astype(float),
+            "SETTING": subj["ARM"].map({"CRPS_IN": "inpatient"}).fillna("outpatient"),
+        }
+    )
+    times = []
+    for r in range(args.repeat):
+        t0 = time.perf_counter()
+        result = recommend(models, patients, cfg, seed=r)
+        times.append(time.perf_counter() - t0)
+    row = {
+        "patients": len(patients),
+        "regimens_in_grid": len(regimen_grid(cfg)),
+        "candidates_evaluated": len(result.regimens),
+        "pk_draws": n_draws,
+        "best_s": round(min(times), 2),
+        "per_patient_ms": round(1000 * min(times) / len(patients), 2),
+        "machine": f"{os.cpu_count()} cpu, {platform.python_version()}",
+        "command": "python benchmarks/dosing_speed.py " + " ".join(sys.argv[1:]),
+    }
+    print(json.dumps(row, indent=2))
+    if args.out:
+        frame = pd.DataFrame([row])
+        frame.to_csv(args.out, mode="a", header=not args.out.exists(), index=False)
+
+
+if __name__ == "__main__":
+    main()
