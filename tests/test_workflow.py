@@ -5,42 +5,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import yaml
 from conftest import REPO
+from conftest import run_snakemake as _snakemake
 
 from ketamine_pmx.cli import main
 
 pytestmark = pytest.mark.workflow
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def _snakemake(workdir, *args, configfiles=("config/smoke.yaml",)):
-    cmd = [
-        *SNAKEMAKE,
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--cores",
-        "2",
-    ]
-    cmd += [
-        "--configfile",
-        *[str(REPO / c) if not str(c).startswith("/") else str(c) for c in configfiles],
-    ]
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=1800)
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("smoke")
-    proc = _snakemake(workdir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir / "results" / "smoke"
 
 
 def test_dry_run_shows_the_dag(tmp_path):
