@@ -38,11 +38,13 @@ def snakemake_command(workdir, *args, configfiles=("config/smoke.yaml",)) -> lis
         "--cores",
         "2",
     ]
-    cmd += [
+    # targets and options first: --configfile takes every argument after it
+    return [
+        *cmd,
+        *args,
         "--configfile",
         *[str(REPO / c) if not str(c).startswith("/") else str(c) for c in configfiles],
     ]
-    return cmd + list(args)
 
 
 def run_snakemake(workdir, *args, configfiles=("config/smoke.yaml",)):
