@@ -163,5 +163,7 @@ def test_smoke_run_results(smoke_run):
     assert res.exposures.sizes["subject"] == 9
     assert set(res.exposure_summary["ID"]) == set(res.data["ID"])
     assert res.recommendations is None
+    assert res.truth_population["seed"] == smoke["seeds"]["simulate"]
+    assert set(res.truth_subjects["ID"]) == set(res.data["ID"])
     missing = set(results.FILES) - set(res.available()) - {"recommendations"}
     assert not missing, f"results the smoke run writes but the API does not find: {missing}"

@@ -1,20 +1,19 @@
 """A finished run's results, for notebooks and scripts: ``results.load(run_dir)``.
 
 ``run_dir`` is the run's results directory, the config's ``results_dir`` (``results`` for the
-default config, ``results/smoke`` for the smoke run). The workflow's rules lay it out as
+default config, ``results/smoke`` for the smoke run). The workflow's rules lay it out as::
 
-=====================================================  =========================================
-``data/clean.csv``, ``data/summary.json``              validate_data
-``pk/{model}/posterior.nc``                            fit_pk
-``pk/{model}/diagnostics.csv``, ``gate.json``          diagnose_pk
-``exposure/exposures.nc``, ``exposure_summary.csv``    exposures (reference PK model)
-``response/{model}/posterior.nc``, ``diagnostics.csv``  fit_response
-``compare/response_{outcome}.csv``, ``pk.csv``, ...    compare_models
-``effects/biomarker_effects.csv``, ``recovery.csv``    biomarker_effects
-``checks/pk/{model}/*.csv``                            ppc_pk (VPC, GOF, random effects)
-``checks/response/{model}/*.csv``                      ppc_response
-``dosing/recommendations.csv``                         the dosing stage, where the run has one
-=====================================================  =========================================
+    simulated/truth_*                          simulate_trial (simulated data only)
+    data/clean.csv, summary.json               validate_data
+    pk/{model}/posterior.nc                    fit_pk
+    pk/{model}/diagnostics.csv, gate.json      diagnose_pk
+    exposure/exposures.nc, ...                 exposures (reference PK model)
+    response/{model}/posterior.nc, ...         fit_response
+    compare/response_{outcome}.csv, pk.csv     compare_models
+    effects/biomarker_effects.csv, ...         biomarker_effects
+    checks/pk/{model}/*.csv                    ppc_pk (VPC, GOF, random effects)
+    checks/response/{model}/*.csv              ppc_response
+    dosing/recommendations.csv                 the dosing stage, where the run has one
 
 Every file has a name in :data:`FILES`, which is also an attribute of :class:`Results`:
 ``res.effects`` is the effects table, ``res.pk["pk_2cmt_metab"]`` a PK posterior
@@ -41,7 +40,17 @@ from typing import Any
 #: Environment variable that notebooks read for the results directory.
 RESULTS_ENV = "KETAMINE_PMX_RESULTS"
 #: The workflow's stage folders; a results directory holds at least one of them.
-STAGE_DIRS = ("data", "pk", "exposure", "response", "compare", "effects", "checks", "dosing")
+STAGE_DIRS = (
+    "simulated",
+    "data",
+    "pk",
+    "exposure",
+    "response",
+    "compare",
+    "effects",
+    "checks",
+    "dosing",
+)
 
 
 class ResultsError(FileNotFoundError):
@@ -115,6 +124,18 @@ FILES: dict[str, ResultFile] = {
     # the data
     "data": ResultFile("data/clean.csv", "the validated dataset", _read_clean),
     "data_summary": ResultFile("data/summary.json", "the data summary (dict)", _read_json),
+    # the simulator's truth (simulated data only)
+    "truth_subjects": ResultFile(
+        "simulated/truth_subjects.csv",
+        "each simulated patient's true parameters, exposures and P(response)",
+        optional=True,
+    ),
+    "truth_population": ResultFile(
+        "simulated/truth_population.json",
+        "the simulator's population values, seed and parameter file hash (dict)",
+        _read_json,
+        optional=True,
+    ),
     # PK
     "pk_diagnostics": ResultFile(
         "pk/{key}/diagnostics.csv", "R-hat, ESS, mean, SD, quantiles and eta shrinkage"
