@@ -1,7 +1,10 @@
-"""Shared fixtures: the repository root and smoke-sized configs with absolute paths."""
+"""Shared fixtures: the repository root, smoke-sized configs with absolute paths and the smoke
+run of the workflow (one per test session, shared by every test that reads its results)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,7 @@ from ketamine_pmx.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMETERS = REPO / "data" / "truth" / "ketamine_virtual_trial.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
 def make_config(**simulation) -> dict:
@@ -21,3 +25,42 @@ def make_config(**simulation) -> dict:
 @pytest.fixture
 def smoke_config() -> dict:
     return make_config()
+
+
+def snakemake_command(workdir, *args, configfiles=("config/smoke.yaml",)) -> list[str]:
+    """The snakemake command line for the repository's workflow run in ``workdir``."""
+    cmd = [
+        *SNAKEMAKE,
+        "--snakefile",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+    ]
+    # targets and options first: --configfile takes every argument after it
+    return [
+        *cmd,
+        *args,
+        "--configfile",
+        *[str(REPO / c) if not str(c).startswith("/") else str(c) for c in configfiles],
+    ]
+
+
+def run_snakemake(workdir, *args, configfiles=("config/smoke.yaml",)):
+    """Run the workflow in ``workdir`` (smoke config unless told) and return the process."""
+    return subprocess.run(
+        snakemake_command(workdir, *args, configfiles=configfiles),
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory) -> Path:
+    """The results directory of one complete smoke run (``<tmp>/results/smoke``)."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    proc = run_snakemake(workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir / "results" / "smoke"

@@ -9,7 +9,7 @@ import sys
 import pytest
 from conftest import REPO
 
-PYTHON_PATHS = ["src", "tests", "workflow/scripts", "benchmarks"]
+PYTHON_PATHS = ["src", "tests", "workflow/scripts", "benchmarks", "notebooks"]
 
 
 def _tool(name: str) -> str:
@@ -51,7 +51,7 @@ def test_snakefmt_is_clean():
 
 
 def test_library_never_imports_snakemake():
-    code = "import sys, ketamine_pmx.cli, ketamine_pmx.data, ketamine_pmx.simulate; print('snakemake' in sys.modules)"
+    code = "import sys, ketamine_pmx.cli, ketamine_pmx.data, ketamine_pmx.simulate, ketamine_pmx.results; print('snakemake' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout

@@ -2,45 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import shutil
+import signal
 import subprocess
-import sys
+import time
 
 import pandas as pd
 import pytest
+import xarray as xr
 import yaml
-from conftest import REPO
+from conftest import REPO, snakemake_command
+from conftest import run_snakemake as _snakemake
 
 from ketamine_pmx.cli import main
 
 pytestmark = pytest.mark.workflow
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
-
-
-def _snakemake(workdir, *args, configfiles=("config/smoke.yaml",)):
-    cmd = [
-        *SNAKEMAKE,
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--cores",
-        "2",
-    ]
-    cmd += [
-        "--configfile",
-        *[str(REPO / c) if not str(c).startswith("/") else str(c) for c in configfiles],
-    ]
-    return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=1800)
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("smoke")
-    proc = _snakemake(workdir)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir / "results" / "smoke"
 
 
 def test_dry_run_shows_the_dag(tmp_path):
@@ -230,3 +210,163 @@ def test_console_script_is_installed():
     exe = shutil.which("ketamine-pmx") or str(REPO / ".venv" / "bin" / "ketamine-pmx")
     proc = subprocess.run([exe, "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "simulate" in proc.stdout and "validate" in proc.stdout
+
+
+# Lints the workflow keeps on purpose, with the reason (README, "Workflow quality").
+ACCEPTED_LINTS = {
+    # Every rule runs this project's own package, whose environment is pyproject.toml (installed
+    # with pip, as the README says); a per-rule conda env would have to install the package
+    # itself from the checkout, which a conda env file cannot say portably.
+    "Specify a conda environment or container for each rule.",
+}
+
+
+def parse_lints(text: str) -> list[tuple[str, str]]:
+    """(target, lint title) of every lint in ``snakemake --lint`` text output."""
+    lints, target = [], None
+    for line in text.splitlines():
+        head = re.match(r"Lints for (.+?)(?: \(line \d+, .*\))?:$", line)
+        if head:
+            target = head.group(1)
+            continue
+        item = re.match(r"    \* (.+?):$", line)
+        if item and target is not None:
+            lints.append((target, item.group(1)))
+    return lints
+
+
+def test_parse_lints():
+    text = (
+        "Lints for snakefile /x/common.smk:\n"
+        "    * Mixed rules and functions in same snakefile.:\n"
+        "      Small one-liner functions ... e.g. 'rules/common.smk'. This makes:\n"
+        "Lints for rule fit_pk (line 5, /x/pk.smk):\n"
+        "    * Specify a conda environment or container for each rule.:\n"
+        "      This way, the used software ...\n"
+    )
+    assert parse_lints(text) == [
+        ("snakefile /x/common.smk", "Mixed rules and functions in same snakefile."),
+        ("rule fit_pk", "Specify a conda environment or container for each rule."),
+    ]
+
+
+def test_lint_is_clean(tmp_path):
+    """snakemake --lint finds nothing beyond the accepted lints (and finds every rule)."""
+    proc = _snakemake(tmp_path, "--lint")
+    text = proc.stdout + proc.stderr
+    lints = parse_lints(text)
+    unexpected = [(target, title) for target, title in lints if title not in ACCEPTED_LINTS]
+    assert not unexpected, text
+    if not lints:
+        assert proc.returncode == 0 and "good condition" in text, text
+
+
+def _check_readable(path):
+    """Open a result file the way its readers do (a truncated file fails here)."""
+    if path.suffix == ".csv":
+        pd.read_csv(path, na_values=["."])
+    elif path.suffix == ".json":
+        json.loads(path.read_text())
+    elif path.suffix == ".nc":
+        xr.load_dataset(path)
+    elif path.suffix == ".png":
+        assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow  # two fits of the reference PK model: about 4 minutes on 2 busy cores
+def test_a_killed_run_leaves_no_half_written_output_and_resumes(smoke_run, tmp_path):
+    """Kill -9 the whole process group while a PK fit runs, then resume with
+    --rerun-incomplete: the killed job's output is absent (never half-written), every output
+    present is readable, and the resumed run gives the uninterrupted run's numbers."""
+    work = tmp_path / "work"
+    model_dir = "results/smoke/pk/pk_2cmt_metab"
+    target = f"{model_dir}/diagnostics.csv"
+    fit_log = work / "results" / "smoke" / "logs" / "fit_pk" / "pk_2cmt_metab.log"
+    with open(tmp_path / "killed.log", "w") as out:
+        proc = subprocess.Popen(
+            snakemake_command(work, target), stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: snakemake and its jobs
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 600
+            while not (fit_log.exists() and fit_log.stat().st_size > 0):
+                assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "fit_pk did not start"
+                time.sleep(0.5)
+            time.sleep(15)  # inside the fit (compiling or sampling), far from its end
+            assert proc.poll() is None, "the fit ended before it could be killed"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    results = work / "results" / "smoke"
+    assert not (work / model_dir / "posterior.nc").exists()
+    outputs = [
+        p
+        for p in results.rglob("*")
+        if p.is_file() and not p.name.startswith(".") and p.parts[-2] != "logs"
+    ]
+    assert outputs, "nothing before the fit was written"
+    for path in outputs:
+        _check_readable(path)
+    # The lock of the killed run stays behind (kill -9 gives snakemake no chance to remove it).
+    assert _snakemake(work, "--unlock").returncode == 0
+    proc = _snakemake(work, target, "--rerun-incomplete")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = pd.read_csv(work / target, na_values=["."])
+    reference = pd.read_csv(smoke_run / "pk" / "pk_2cmt_metab" / "diagnostics.csv", na_values=["."])
+    pd.testing.assert_frame_equal(resumed, reference)  # same config and seeds: same numbers
+
+
+# The report's sections (rules' report(category=...)): one per stage, numbered in reading order
+# (a later stage adds its own, e.g. "7. Dosing").
+REPORT_SECTIONS = {
+    "1. Data summary": ["data/summary.md", "data/overview.png"],
+    "2. PK diagnostics and VPCs": [
+        "pk/{pk}/diagnostics.csv",
+        "checks/pk/{pk}/vpc.png",
+        "checks/pk/{pk}/pcvpc.png",
+        "checks/pk/{pk}/vpc_summary.csv",
+        "checks/pk/{pk}/gof.png",
+        "checks/pk/{pk}/eta_covariates.png",
+    ],
+    "3. Exposures": ["exposure/exposure_summary.csv", "exposure/exposures.png"],
+    "4. Model comparison": [
+        "compare/response_responder.csv",
+        "compare/response_pct_change.csv",
+        "compare/pk.csv",
+        "compare/response_responder.png",
+    ],
+    "5. Biomarker effects": ["effects/biomarker_effects.csv", "effects/forest_responder.png"],
+    "6. Response checks": [
+        "response/{resp}/diagnostics.csv",
+        "checks/response/{resp}/response_groups.png",
+        "checks/response/{resp}/calibration.png",
+        "checks/response/{resp}/loo_pit.png",
+    ],
+}
+
+
+def test_report_has_a_section_per_stage(smoke_run, tmp_path):
+    """snakemake --report after the smoke run: every stage's section, per model where the stage
+    is per model, holding that stage's figures and tables, and captions that render cleanly."""
+    report = tmp_path / "report.html"
+    proc = _snakemake(smoke_run.parents[1], "--report", str(report))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(ERROR/" not in proc.stderr and "(WARNING/" not in proc.stderr, proc.stderr  # docutils
+    html = report.read_text()
+    found = re.search(r"var categories = (\{.*?\});\s*</script>", html, re.S)
+    assert found, "no categories in the report"
+    sections = json.loads(found.group(1))
+    assert set(REPORT_SECTIONS) <= set(sections)
+    numbers = [name.split(".")[0] for name in sections]
+    assert len(set(numbers)) == len(numbers), sorted(sections)  # the menu's order is by name
+    smoke = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())["models"]["response"]
+    pk = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["models"]["pk"]
+    assert set(sections["2. PK diagnostics and VPCs"]) == set(pk)  # one subsection per model
+    assert set(sections["6. Response checks"]) == set(smoke)
+    for name, files in REPORT_SECTIONS.items():
+        listed = {f for sub in sections[name].values() for f in sub}
+        for pattern in files:
+            for p in {pattern.format(pk=m, resp=r) for m in pk for r in smoke}:
+                assert f"results/smoke/{p}" in listed, (name, p)

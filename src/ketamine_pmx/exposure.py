@@ -401,6 +401,7 @@ __all__ = [
     "exposure_draws",
     "exposure_metrics",
     "individual_parameters",
+    "load_exposures",
     "log_exposure",
     "metric_names",
     "save_exposures",
@@ -413,3 +414,8 @@ def save_exposures(ds: xr.Dataset, path) -> None:
     """Write the exposure draws to NetCDF atomically."""
     with atomic_path(path) as tmp:
         ds.to_netcdf(str(tmp))
+
+
+def load_exposures(path) -> xr.Dataset:
+    """Read exposure draws written by :func:`save_exposures` (into memory; the file is closed)."""
+    return xr.load_dataset(str(path))

@@ -66,6 +66,11 @@ def write_csv(target: str | Path, frame: pd.DataFrame, float_format: str = "%.6g
         frame.to_csv(tmp, index=False, float_format=float_format, na_rep=".", lineterminator="\n")
 
 
+def read_csv(path: str | Path) -> pd.DataFrame:
+    """Read a table written by :func:`write_csv` ('.' is a missing value)."""
+    return pd.read_csv(path, na_values=["."])
+
+
 def _json_default(obj: Any) -> Any:
     import numpy as np
 

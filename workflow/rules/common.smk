@@ -21,7 +21,7 @@ def rule_resources(name):
 
 
 def config_for(*sections):
-    """The config sections a rule depends on (its params: changing others must not rerun it)."""
+    """The config sections a rule depends on, its params (changing others must not rerun it)."""
     subset = {key: config[key] for key in sections if "." not in key}
     for key in sections:
         if "." in key:

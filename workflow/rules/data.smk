@@ -32,12 +32,12 @@ rule validate_data:
         summary_md=report(
             f"{RESULTS}/data/summary.md",
             caption="../report/data_summary.rst",
-            category="1. Data",
+            category="1. Data summary",
         ),
         overview=report(
             f"{RESULTS}/data/overview.png",
             caption="../report/data_overview.rst",
-            category="1. Data",
+            category="1. Data summary",
         ),
     log:
         f"{RESULTS}/logs/validate_data.log",

@@ -63,19 +63,19 @@ rule recommend_doses:
         recommendations=report(
             f"{RESULTS}/dosing/recommendations.csv",
             caption="../report/recommendations.rst",
-            category="8. Dosing",
+            category="7. Dosing",
         ),
         regimens=f"{RESULTS}/dosing/regimens.csv",
         summary=report(
             f"{RESULTS}/dosing/summary.md",
             caption="../report/recommendations_summary.rst",
-            category="8. Dosing",
+            category="7. Dosing",
         ),
         patients=report(
             directory(f"{RESULTS}/dosing/patients"),
             patterns=["{name}.png"],
             caption="../report/dose_curves.rst",
-            category="8. Dosing",
+            category="7. Dosing",
             subcategory="patients",
         ),
     log:
@@ -99,12 +99,12 @@ rule dosing_trial:
         summary=report(
             f"{RESULTS}/dosing/trial_summary.csv",
             caption="../report/dosing_trial.rst",
-            category="8. Dosing",
+            category="7. Dosing",
         ),
         figure=report(
             f"{RESULTS}/dosing/trial.png",
             caption="../report/dosing_trial.rst",
-            category="8. Dosing",
+            category="7. Dosing",
         ),
     log:
         f"{RESULTS}/logs/dosing/dosing_trial.log",

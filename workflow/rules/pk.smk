@@ -30,7 +30,7 @@ rule diagnose_pk:
         table=report(
             f"{RESULTS}/pk/{{pk_model}}/diagnostics.csv",
             caption="../report/pk_diagnostics.rst",
-            category="2. PK diagnostics",
+            category="2. PK diagnostics and VPCs",
             subcategory="{pk_model}",
         ),
         gate=f"{RESULTS}/pk/{{pk_model}}/gate.json",

@@ -14,12 +14,12 @@ rule exposures:
         summary=report(
             f"{RESULTS}/exposure/exposure_summary.csv",
             caption="../report/exposure_summary.rst",
-            category="3. Exposure",
+            category="3. Exposures",
         ),
         figure=report(
             f"{RESULTS}/exposure/exposures.png",
             caption="../report/exposure_plot.rst",
-            category="3. Exposure",
+            category="3. Exposures",
         ),
     log:
         f"{RESULTS}/logs/exposures.log",
@@ -45,7 +45,7 @@ rule fit_response:
         diagnostics=report(
             f"{RESULTS}/response/{{resp_model}}/diagnostics.csv",
             caption="../report/response_diagnostics.rst",
-            category="4. Response models",
+            category="6. Response checks",
             subcategory="{resp_model}",
         ),
         gate=f"{RESULTS}/response/{{resp_model}}/gate.json",
@@ -79,33 +79,33 @@ rule compare_models:
         responder=report(
             f"{RESULTS}/compare/response_responder.csv",
             caption="../report/compare_table.rst",
-            category="5. Model comparison",
+            category="4. Model comparison",
         ),
         pct_change=report(
             f"{RESULTS}/compare/response_pct_change.csv",
             caption="../report/compare_table.rst",
-            category="5. Model comparison",
+            category="4. Model comparison",
         ),
         pk=report(
             f"{RESULTS}/compare/pk.csv",
             caption="../report/compare_pk.rst",
-            category="5. Model comparison",
+            category="4. Model comparison",
         ),
         pareto_k=f"{RESULTS}/compare/pareto_k.csv",
         figure_responder=report(
             f"{RESULTS}/compare/response_responder.png",
             caption="../report/compare_plot.rst",
-            category="5. Model comparison",
+            category="4. Model comparison",
         ),
         figure_pct_change=report(
             f"{RESULTS}/compare/response_pct_change.png",
             caption="../report/compare_plot.rst",
-            category="5. Model comparison",
+            category="4. Model comparison",
         ),
         figure_pk=report(
             f"{RESULTS}/compare/pk.png",
             caption="../report/compare_plot.rst",
-            category="5. Model comparison",
+            category="4. Model comparison",
         ),
     log:
         f"{RESULTS}/logs/compare_models.log",
@@ -135,19 +135,23 @@ rule biomarker_effects:
         table=report(
             f"{RESULTS}/effects/biomarker_effects.csv",
             caption="../report/biomarker_effects.rst",
-            category="6. Biomarker effects",
+            category="5. Biomarker effects",
         ),
         forest_responder=report(
             f"{RESULTS}/effects/forest_responder.png",
             caption="../report/forest.rst",
-            category="6. Biomarker effects",
+            category="5. Biomarker effects",
         ),
         forest_pct_change=report(
             f"{RESULTS}/effects/forest_pct_change.png",
             caption="../report/forest.rst",
-            category="6. Biomarker effects",
+            category="5. Biomarker effects",
         ),
-        recovery=f"{RESULTS}/effects/recovery.csv",
+        recovery=report(
+            f"{RESULTS}/effects/recovery.csv",
+            caption="../report/recovery.rst",
+            category="5. Biomarker effects",
+        ),
     log:
         f"{RESULTS}/logs/biomarker_effects.log",
     threads: 1
