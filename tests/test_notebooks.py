@@ -15,7 +15,7 @@ from ketamine_pmx.results import RESULTS_ENV
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 #: Figures each notebook draws (at least); a notebook added later draws at least one.
-FIGURES = {"pk_posterior": 5, "biomarker_effects": 3}
+FIGURES = {"pk_posterior": 5, "biomarker_effects": 3, "dose_recommendation": 1}
 
 
 def _read(path):
@@ -29,7 +29,8 @@ def _parameters_cell(nb):
 
 
 def test_the_notebooks_are_there():
-    assert {p.name for p in NOTEBOOKS} >= {"pk_posterior.ipynb", "biomarker_effects.ipynb"}
+    expected = {"pk_posterior.ipynb", "biomarker_effects.ipynb", "dose_recommendation.ipynb"}
+    assert {p.name for p in NOTEBOOKS} >= expected
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
