@@ -90,3 +90,14 @@ def test_config_readme_documents_every_key():
     text = (REPO / "config" / "README.md").read_text()
     assert text == schema_markdown(), "regenerate: python -m ketamine_pmx.config > config/README.md"
     assert "`data.blq.method`" in text and "`simulation.truth.dser_effect`" in text
+
+
+def test_gate_may_be_waived_for_comparison_models_only():
+    from ketamine_pmx.config import ConfigError, load_config
+    from ketamine_pmx.inference import gate_allows
+
+    cfg = load_config(None, {"gate": {"allow_failure_for": ["pk_1cmt_metab"]}})
+    assert gate_allows(cfg["gate"], "pk_1cmt_metab")
+    assert not gate_allows(cfg["gate"], "pk_2cmt_metab")
+    with pytest.raises(ConfigError, match="reference model"):
+        load_config(None, {"gate": {"allow_failure_for": ["pk_2cmt_metab"]}})

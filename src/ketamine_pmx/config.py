@@ -104,6 +104,12 @@ def _check_semantics(config: dict[str, Any], source: str) -> None:
                     float(code)
                 except ValueError:
                     problems.append(f"data.codes.{key}: code {code!r} is not a number")
+    refs = [m[0] for m in (config["models"]["pk"], config["models"]["response"]) if m]
+    for name in sorted(set(refs) & set(config["gate"]["allow_failure_for"])):
+        problems.append(
+            f"gate.allow_failure_for: {name} is a reference model (everything downstream uses "
+            "it); its gate must pass, or set gate.allow_failure for an exploratory run"
+        )
     if problems:
         raise ConfigError(f"{source}: invalid configuration:\n  - " + "\n  - ".join(problems))
 

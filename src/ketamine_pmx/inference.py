@@ -618,6 +618,11 @@ def diagnose(idata: az.InferenceData, rules: dict[str, Any], csv_path, json_path
     return failures
 
 
+def gate_allows(rules: dict[str, Any], model: str) -> bool:
+    """Whether a failed gate may let the run go on for this model (config ``gate``)."""
+    return bool(rules["allow_failure"]) or model in rules.get("allow_failure_for", [])
+
+
 def gate_message(model: str, failures: list[str]) -> str:
     return f"diagnostic gate FAILED for {model}:\n  - " + "\n  - ".join(failures)
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from ketamine_pmx.inference import diagnose, gate_message, load_idata
+from ketamine_pmx.inference import diagnose, gate_allows, gate_message, load_idata
 
 log = open(snakemake.log[0], "w", buffering=1)
 sys.stderr = log
@@ -13,8 +13,12 @@ model = idata.posterior.attrs.get("model")
 if failures:
     message = gate_message(model, failures)
     print(message, file=log)
-    if not snakemake.params.gate["allow_failure"]:
-        print(message + "\n(set gate.allow_failure: true to continue anyway)", file=sys.__stderr__)
+    if not gate_allows(snakemake.params.gate, model):
+        print(
+            message
+            + "\n(set gate.allow_failure: true, or list the model in gate.allow_failure_for, to continue)",
+            file=sys.__stderr__,
+        )
         sys.exit(1)
 else:
     print(f"diagnostic gate passed for {model}", file=log)

@@ -5,7 +5,7 @@ import sys
 import pandas as pd
 
 from ketamine_pmx.data import read_clean
-from ketamine_pmx.inference import diagnose, gate_message, save_idata
+from ketamine_pmx.inference import diagnose, gate_allows, gate_message, save_idata
 from ketamine_pmx.outcomes import outcome_table
 from ketamine_pmx.response import fit_response, load_response_spec
 
@@ -29,6 +29,10 @@ print(f"{spec.name}: {len(data.table)} patients", file=log)
 if failures:
     message = gate_message(spec.name, failures)
     print(message, file=log)
-    if not cfg["gate"]["allow_failure"]:
-        print(message + "\n(set gate.allow_failure: true to continue anyway)", file=sys.__stderr__)
+    if not gate_allows(cfg["gate"], spec.name):
+        print(
+            message
+            + "\n(set gate.allow_failure: true, or list the model in gate.allow_failure_for, to continue)",
+            file=sys.__stderr__,
+        )
         sys.exit(1)
