@@ -370,3 +370,26 @@ def test_report_has_a_section_per_stage(smoke_run, tmp_path):
         for pattern in files:
             for p in {pattern.format(pk=m, resp=r) for m in pk for r in smoke}:
                 assert f"results/smoke/{p}" in listed, (name, p)
+
+
+def test_smoke_run_recommends_doses_and_runs_the_dosing_trial(smoke_run):
+    """The dosing stage: every patient of the example file gets a row (the two with test-dose
+    concentrations through importance sampling), a plot and a summary; the virtual trial
+    scores guided and standard dosing on the simulator's truth."""
+    from ketamine_pmx.dosing import read_table
+
+    rec = read_table(smoke_run / "dosing" / "recommendations.csv")
+    patients = read_table(REPO / "data" / "new_patients.csv")
+    assert list(rec["ID"]) == list(patients["ID"])
+    measured = rec.set_index("ID").loc[["MDD-03", "CRPS-02"], "METHOD"]
+    assert set(measured) <= {"importance", "nuts"}
+    assert (rec.loc[~rec["ID"].isin(["MDD-03", "CRPS-02"]), "METHOD"] == "population").all()
+    assert rec["RECOMMENDED"].all()
+    assert rec["P_RESPONSE"].between(0, 1).all()
+    for pid in rec["ID"]:
+        assert (smoke_run / "dosing" / "patients" / f"{pid}.png").is_file()
+        assert "not medical advice" in (smoke_run / "dosing" / "patients" / f"{pid}.md").read_text()
+    assert not (smoke_run / "dosing" / "batches").exists()  # temp() batch outputs are gone
+    trial = read_table(smoke_run / "dosing" / "trial_summary.csv")
+    assert {"standard", "guided", "guided (true model)"} <= set(trial["STRATEGY"])
+    assert (smoke_run / "dosing" / "trial.png").is_file()
