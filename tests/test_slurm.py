@@ -76,14 +76,21 @@ def test_every_rule_ran_as_a_completed_slurm_job(slurm_run):
             "exposures",
             "compare_models",
             "biomarker_effects",
+            "recommend_doses",
+            "dosing_trial",
         )
     }
     expected |= {
         f"rule_{rule}_wildcards_{model}"
-        for rule in ("fit_pk", "diagnose_pk")
+        for rule in ("fit_pk", "diagnose_pk", "ppc_pk")
         for model in _pk_models()
     }
-    expected |= {f"rule_fit_response_wildcards_{m}" for m in _models("response")}
+    expected |= {
+        f"rule_{rule}_wildcards_{m}"
+        for rule in ("fit_response", "ppc_response")
+        for m in _models("response")
+    }
+    expected |= {f"rule_recommend_batch_wildcards_{b}" for b in range(2)}  # dosing.batches
     assert sorted(job["Comment"] for job in jobs) == sorted(expected), jobs
     for job in jobs:
         assert job["State"] == "COMPLETED" and job["ExitCode"] == "0:0", job
