@@ -321,7 +321,7 @@ def test_virtual_trial_with_the_true_model(world):
     cfg = deep_merge(
         config, {"dosing": {"trial": {"patients": {"MDD": 30, "CRPS_OUT": 15, "CRPS_IN": 15}}}}
     )
-    per, summary, _ = dosing.virtual_trial(cfg, models, seed=11)
+    per, summary, _ = dosing.virtual_trial(cfg, models, seed=11, population=world[1].population)
     s = summary.set_index(["ARM", "STRATEGY"])
     assert (
         s.loc[("all", "guided"), "TRUE_ANY_EXCEEDED"]

@@ -1564,34 +1564,34 @@ def _true_outcome(
 
 
 def virtual_trial(
-    config: dict[str, Any], models: Models, seed: int
+    config: dict[str, Any], models: Models, seed: int, population: dict[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame, Recommendation]:
     """New simulated patients dosed by the model and by their arm's standard protocol, scored
     on the simulator's TRUE response probability and TRUE safety-limit exceedance.
 
-    Returns per-patient rows, a summary by arm and strategy, and the recommendation.
+    ``population`` is the simulator's ``truth_population.json`` of the run (its parameters,
+    with the run's truth overrides applied, and reference exposures), so the new patients
+    come from the same truth as the trial the models were fitted to. Returns per-patient
+    rows, a summary by arm and strategy, and the recommendation.
     """
     from .simulate import (
         Dose,
-        apply_truth_overrides,
         build_regimen,
         draw_pk_parameters,
         draw_subjects,
-        load_parameters,
-        reference_exposure,
         response_linear_predictor,
     )
 
     cfg = config["dosing"]
     sim = config["simulation"]
-    params = apply_truth_overrides(load_parameters(sim["parameters"]), sim["truth"])
+    params = population["parameters"]
     rtol, atol = sim["ode"]["rtol"], sim["ode"]["atol"]
     rng_cov, rng_pk, rng_design = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
     )
     subjects = draw_subjects(params, cfg["trial"]["patients"], sim["population_mix"], rng_cov)
     ind_pk = draw_pk_parameters(params, subjects, rng_pk)
-    auc_ref = reference_exposure(params, rtol, atol)
+    auc_ref = population["reference_auc_hnk_ng_h_ml"]
     patients = pd.DataFrame(
         {
             "ID": subjects["ID"].astype(str),

@@ -23,13 +23,13 @@ models = load_models(
     endpoints,
 )
 seed = cfg["seeds"]["dosing_trial"]
-per_patient, summary, _ = virtual_trial(cfg, models, seed)
+with open(snakemake.input.truth, encoding="utf-8") as fh:
+    population = json.load(fh)
+per_patient, summary, _ = virtual_trial(cfg, models, seed, population)
 per_patient = per_patient.assign(MODELS="fitted")
 tables, summaries = [per_patient], [summary]
 # The same patients dosed with the simulator's own truth as the models: what guidance
 # achieves when the model is exactly right (the bound the fitted models are measured against).
-with open(snakemake.input.truth, encoding="utf-8") as fh:
-    population = json.load(fh)
 try:
     draws = cfg["dosing"]["pk_draws"]
     oracle = make_models(
@@ -42,7 +42,7 @@ try:
 except ValueError as exc:  # a reference model the oracle cannot express
     print(f"no true-model arm: {exc}", file=sys.stderr)
 else:
-    per_oracle, summary_oracle, _ = virtual_trial(cfg, oracle, seed)
+    per_oracle, summary_oracle, _ = virtual_trial(cfg, oracle, seed, population)
     label = "guided (true model)"
     keep = per_oracle["STRATEGY"] == "guided"
     tables.append(per_oracle[keep].assign(MODELS="oracle", STRATEGY=label))
