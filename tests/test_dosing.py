@@ -321,7 +321,7 @@ def test_virtual_trial_with_the_true_model(world):
     cfg = deep_merge(
         config, {"dosing": {"trial": {"patients": {"MDD": 30, "CRPS_OUT": 15, "CRPS_IN": 15}}}}
     )
-    per, summary, _ = dosing.virtual_trial(cfg, models, seed=11, population=world[1].population)
+    per, summary, rec = dosing.virtual_trial(cfg, models, seed=11, population=world[1].population)
     s = summary.set_index(["ARM", "STRATEGY"])
     assert (
         s.loc[("all", "guided"), "TRUE_ANY_EXCEEDED"]
@@ -333,6 +333,9 @@ def test_virtual_trial_with_the_true_model(world):
     )
     assert s.loc[("all", "guided"), "PATIENTS"] == 60
     guided = per[per["STRATEGY"] == "guided"]
+    flags = rec.recommendations["LIKELY_NON_RESPONDER"].map(dosing.is_true)
+    assert guided["FLAGGED"].sum() == flags.sum()  # the trial counts the decision's flags
+    assert s.loc[("all", "guided"), "FLAGGED_SHARE"] == pytest.approx(flags.mean())
     if guided["FLAGGED"].any():
         assert (
             guided.loc[guided["FLAGGED"], "TRUE_P_RESPONSE"].mean()

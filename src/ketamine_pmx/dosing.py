@@ -1411,7 +1411,7 @@ def patient_summary(rec: pd.Series, regimens: pd.DataFrame, cfg: dict[str, Any])
     }[rec["METHOD"]]
     lines.append(f"Individual PK from the {how}.")
     lines.append("")
-    if rec["RECOMMENDED"]:
+    if is_true(rec["RECOMMENDED"]):
         lines += [
             f"**Recommended:** {rec['REGIMEN']} ({rec['TOTAL_MG']:.0f} mg in all).",
             "",
@@ -1427,7 +1427,7 @@ def patient_summary(rec: pd.Series, regimens: pd.DataFrame, cfg: dict[str, Any])
         ]
     else:
         lines.append(f"**No regimen recommended:** {rec['REASON']}.")
-    if rec.get("LIKELY_NON_RESPONDER") is True:
+    if is_true(rec.get("LIKELY_NON_RESPONDER")):
         lines += ["", f"**Likely non-responder.** Main factor: {rec['DRIVER']}."]
     ok = regimens[regimens["ACCEPTABLE"]] if "ACCEPTABLE" in regimens else regimens.iloc[0:0]
     if len(ok):
@@ -1521,6 +1521,13 @@ def merge_batches(batch_dirs: list[str | Path], out_dir: str | Path) -> pd.DataF
             for f in sorted((d / "patients").glob("*")):
                 shutil.copy2(f, tmp / f.name)
     return rec
+
+
+def is_true(value: Any) -> bool:
+    """A flag cell read from a table: True (Python or numpy bool, or "True"); NaN is False."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    return str(value).strip().lower() == "true"
 
 
 def _file_name(patient_id: Any) -> str:
@@ -1617,7 +1624,7 @@ def virtual_trial(
         standard = build_regimen(reg, float(subj["WT"]), n_days)
         r = rec.recommendations.iloc[i]
         strategies = {"standard": standard}
-        if r["RECOMMENDED"]:
+        if is_true(r["RECOMMENDED"]):
             target = r["FORMULATION"]
             strategies["guided"] = [
                 Dose(t, a, rate, target)
@@ -1656,10 +1663,10 @@ def virtual_trial(
                     "TRUE_PEAK_EXCEEDED": tr["PEAK_KET"] > limits["peak_ketamine_ng_ml"],
                     "TRUE_CUM_EXCEEDED": tr["CUM_AUC_KET"] > limits["cumulative_auc_ng_h_ml"],
                     "PREDICTED_P_RESPONSE": r["P_RESPONSE"] if name == "guided" else np.nan,
-                    "FLAGGED": bool(r["LIKELY_NON_RESPONDER"] is True),
+                    "FLAGGED": is_true(r["LIKELY_NON_RESPONDER"]),
                 }
             )
-        if not r["RECOMMENDED"]:  # not treated under model guidance
+        if not is_true(r["RECOMMENDED"]):  # not treated under model guidance
             rows.append(
                 {
                     "ID": str(subj["ID"]),

@@ -383,7 +383,8 @@ def dose_recommendation(
                 marker="s",
                 ms=3,
             )
-        if rec.get("RECOMMENDED") is True and rec.get("FAMILY", fam) == fam:
+        recommended = str(rec.get("RECOMMENDED")).strip().lower() == "true"
+        if recommended and rec.get("FAMILY", fam) == fam:
             chosen = g[g["REGIMEN"] == rec["REGIMEN"]]
             if len(chosen):
                 x = chosen[xcol].iloc[0]
