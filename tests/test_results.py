@@ -102,7 +102,9 @@ def test_a_result_the_run_has_not_written_is_named_in_the_error(fake_run):
 def test_recommendations_are_optional(fake_run):
     """The dosing stage comes later: without it the table is None, with it a table."""
     res = results.load(fake_run)
-    assert res.recommendations is None
+    assert len(res.recommendations) == 12  # data/new_patients.csv
+    assert set(res.regimens["ID"]) == set(res.recommendations["ID"])
+    assert "guided" in set(res.dosing_trial["STRATEGY"])
     write_csv(
         fake_run / "dosing" / "recommendations.csv",
         pd.DataFrame({"ID": [1], "regimen": ["0.5 mg/kg"]}),
@@ -162,8 +164,10 @@ def test_smoke_run_results(smoke_run):
     assert set(res.effects["model"]) == set(res.response_models)
     assert res.exposures.sizes["subject"] == 9
     assert set(res.exposure_summary["ID"]) == set(res.data["ID"])
-    assert res.recommendations is None
+    assert len(res.recommendations) == 12  # data/new_patients.csv
+    assert set(res.regimens["ID"]) == set(res.recommendations["ID"])
+    assert "guided" in set(res.dosing_trial["STRATEGY"])
     assert res.truth_population["seed"] == smoke["seeds"]["simulate"]
     assert set(res.truth_subjects["ID"]) == set(res.data["ID"])
-    missing = set(results.FILES) - set(res.available()) - {"recommendations"}
+    missing = set(results.FILES) - set(res.available())
     assert not missing, f"results the smoke run writes but the API does not find: {missing}"
