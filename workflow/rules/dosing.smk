@@ -2,36 +2,6 @@
 # for cluster runs, then gathered), and the virtual trial of model-guided dosing.
 
 
-def get_reference_fits(wildcards=None):
-    """Specs, posteriors and gates of the reference PK and response models."""
-    ref_resp = config["models"]["response"][0]
-    return {
-        "pk_spec": repo_path(
-            os.path.join(config["models"]["dir"], f"{REFERENCE_PK}.yaml")
-        ),
-        "pk": f"{RESULTS}/pk/{REFERENCE_PK}/posterior.nc",
-        "pk_gate": f"{RESULTS}/pk/{REFERENCE_PK}/gate.json",
-        "response_spec": get_response_spec(ref_resp),
-        "response": f"{RESULTS}/response/{ref_resp}/posterior.nc",
-        "response_gate": f"{RESULTS}/response/{ref_resp}/gate.json",
-    }
-
-
-def get_concentrations(wildcards):
-    path = config["dosing"]["concentrations"]
-    return repo_path(path) if path else []
-
-
-def get_dosing_outputs():
-    """Recommendations, and the virtual trial on simulated data; nothing without response models."""
-    if not config["models"]["response"]:
-        return []
-    out = [*rules.recommend_doses.output]
-    if not config["data"]["path"]:
-        out += [*rules.dosing_trial.output]
-    return out
-
-
 rule recommend_batch:
     input:
         unpack(get_reference_fits),
