@@ -29,6 +29,22 @@ def test_points_with_the_same_log_likelihood_in_every_draw_get_their_exact_term(
     assert info["n_points"] == 30
 
 
+def test_nearly_constant_points_take_the_raw_importance_sampling_term():
+    """BLQ records whose log-likelihood varies by ~1e-5..1e-2 over the draws made PSIS return
+    NaN terms on the default trial (elpd NaN); their raw IS term is exact to that spread."""
+    rng = np.random.default_rng(1)
+    ll = rng.normal(-1.0, 0.2, size=(2, 500, 30))
+    ll[..., 5] = -1e-4 * rng.random((2, 500))
+    ll[..., 9] = -0.01 * rng.random((2, 500))
+    res, _ = loo(idata(ll), "y")
+    assert np.isfinite(res.elpd_loo) and np.isfinite(np.asarray(res.loo_i)).all()
+    for j in (5, 9):
+        x = ll[..., j].ravel()
+        assert np.isclose(float(res.loo_i[j]), -np.log(np.mean(np.exp(-x))), rtol=1e-12)
+        assert x.mean() - 0.01 < float(res.loo_i[j]) <= x.max()
+        assert float(res.pareto_k[j]) == 0.0
+
+
 def test_compare_ranks_the_model_that_predicts_better_first():
     rng = np.random.default_rng(1)
     good = rng.normal(-1.0, 0.05, size=(2, 300, 50))

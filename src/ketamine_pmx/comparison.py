@@ -101,21 +101,33 @@ def loo(
     return res, info
 
 
-def _constant_points(res: az.ELPDData, ll) -> az.ELPDData:
-    """Exact LOO terms for points whose log-likelihood is the same in every draw.
+#: Points whose log-likelihood varies by less than this over the draws take the raw
+#: importance-sampling LOO term (their ratios are within a factor exp(0.05) of each other).
+FLAT_PTP = 0.05
 
-    A BLQ record far below the LLOQ has log P(y < LLOQ) = 0 (within 1e-6) in every
-    draw; PSIS then fits a tail to identical ratios and returns k = inf and a NaN term. Leaving
-    such a point out changes nothing, so its LOO term is that constant, with k = 0.
+
+def _constant_points(res: az.ELPDData, ll) -> az.ELPDData:
+    """Exact LOO terms for points whose log-likelihood is (nearly) the same in every draw.
+
+    A BLQ record far below the LLOQ has log P(y < LLOQ) close to 0 in every draw (on the
+    default trial about 900 of 9360 PK records vary by less than 0.012 over 4000 draws);
+    PSIS then fits a generalised Pareto tail to (nearly) identical ratios and returns k = inf
+    or NaN and a NaN term, which makes the model's elpd NaN. With ratios this even, the raw
+    importance-sampling estimate ``-log mean_s exp(-ll_s)`` is exact to within the ratios'
+    spread (no tail to smooth), so it replaces the PSIS term and k is reported as 0. Leaving
+    such a point out changes almost nothing, which is what the term says.
     """
     x = ll.stack(__sample__=("chain", "draw")).transpose(..., "__sample__").to_numpy()
     x = x.reshape(-1, x.shape[-1])
-    flat = np.ptp(x, axis=1) < 1e-6
+    flat = np.ptp(x, axis=1) < FLAT_PTP
     if not flat.any():
         return res
     res = res.copy()
     loo_i, pk = res.loo_i.copy(), res.pareto_k.copy()
-    loo_i.values.reshape(-1)[flat] = x[flat].mean(axis=1)
+    neg = -x[flat]
+    top = neg.max(axis=1, keepdims=True)
+    raw = -(np.log(np.mean(np.exp(neg - top), axis=1)) + top[:, 0])
+    loo_i.values.reshape(-1)[flat] = raw
     pk.values.reshape(-1)[flat] = 0.0
     lppd = float(
         np.sum(np.log(np.mean(np.exp(x - x.max(axis=1, keepdims=True)), axis=1)) + x.max(axis=1))
