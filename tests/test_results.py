@@ -102,9 +102,7 @@ def test_a_result_the_run_has_not_written_is_named_in_the_error(fake_run):
 def test_recommendations_are_optional(fake_run):
     """The dosing stage comes later: without it the table is None, with it a table."""
     res = results.load(fake_run)
-    assert len(res.recommendations) == 12  # data/new_patients.csv
-    assert set(res.regimens["ID"]) == set(res.recommendations["ID"])
-    assert "guided" in set(res.dosing_trial["STRATEGY"])
+    assert res.recommendations is None
     write_csv(
         fake_run / "dosing" / "recommendations.csv",
         pd.DataFrame({"ID": [1], "regimen": ["0.5 mg/kg"]}),

@@ -54,8 +54,6 @@ rule recommend_doses:
     resources:
         mem_mb=1000,
         runtime=10,
-    params:
-        out_dir=f"{RESULTS}/dosing",
     script:
         "../scripts/recommend_doses.py"
 
