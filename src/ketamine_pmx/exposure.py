@@ -33,7 +33,7 @@ import xarray as xr
 from scipy.special import expit
 
 from .contract import CYP2B6_CLASSES, EVID_DOSE
-from .inference import _chain_conc, chain_doses
+from .inference import _chain_conc, chain_doses, tile_doses
 from .io import atomic_path
 from .outcomes import primary_times
 from .pk import Metabolite, build_layout, np_conc_ng_ml
@@ -305,13 +305,7 @@ def exposure_metrics(
         nb = hi - lo
         shift = (np.arange(nb) * n_pseudo)[:, None]
 
-        tiled = dict(
-            dose_subject=(d["dose_subject"][None, :] + shift).ravel(),
-            dose_time_h=np.tile(d["dose_time_h"], nb),
-            dose_amt_mg=np.tile(d["dose_amt_mg"], nb),
-            dose_rate_mg_h=np.tile(d["dose_rate_mg_h"], nb),
-            dose_route=d["dose_route"],
-        )
+        tiled = tile_doses(d, nb, n_pseudo)
         p = {k: v[lo:hi].ravel() for k, v in flat.items()}
         for lev in range(n_level):
             layout = build_layout(

@@ -173,6 +173,19 @@ def chain_doses(
     }
 
 
+def tile_doses(doses: dict[str, Any], n_copies: int, per_copy: int) -> dict[str, Any]:
+    """:func:`chain_doses` repeated for ``n_copies`` blocks of ``per_copy`` pseudo-subjects
+    (copy j's subjects shifted by ``j * per_copy``), e.g. one block per posterior draw."""
+    shift = (np.arange(n_copies) * per_copy)[:, None]
+    return {
+        "dose_subject": (doses["dose_subject"][None, :] + shift).ravel(),
+        "dose_time_h": np.tile(doses["dose_time_h"], n_copies),
+        "dose_amt_mg": np.tile(doses["dose_amt_mg"], n_copies),
+        "dose_rate_mg_h": np.tile(doses["dose_rate_mg_h"], n_copies),
+        "dose_route": doses["dose_route"],
+    }
+
+
 def _logit(p: float) -> float:
     return float(np.log(p / (1.0 - p)))
 
