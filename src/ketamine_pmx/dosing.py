@@ -88,6 +88,7 @@ from .inference import (
     chain_doses,
     load_idata,
     prepare_pk_data,
+    tile_doses,
 )
 from .pk import build_layout, np_conc_ng_ml, np_disposition, pt_conc_ng_ml
 from .response import PREFIX, ResponseSpec, load_response_spec
@@ -198,9 +199,7 @@ def _take(post: xr.Dataset, n: int, rng: np.random.Generator) -> xr.Dataset:
     """``n`` draws: evenly spaced when the posterior has at least ``n``, else resampled."""
     total = post.sizes["sample"]
     if total >= n:
-        idx = np.unique(np.linspace(0, total - 1, n).round().astype(int))
-        if idx.size < n:  # pragma: no cover - linspace over >= n points is unique
-            idx = rng.choice(total, n, replace=False)
+        idx = np.linspace(0, total - 1, n).round().astype(int)  # distinct: total >= n
     else:
         idx = rng.integers(0, total, n)
     return post.isel(sample=idx)
@@ -630,11 +629,7 @@ def pk_loglik(
         nb = hi - lo
         shift = (np.arange(nb) * n_c)[:, None]
         layout = build_layout(
-            dose_subject=(doses["dose_subject"][None, :] + shift).ravel(),
-            dose_time_h=np.tile(doses["dose_time_h"], nb),
-            dose_amt_mg=np.tile(doses["dose_amt_mg"], nb),
-            dose_rate_mg_h=np.tile(doses["dose_rate_mg_h"], nb),
-            dose_route=doses["dose_route"],
+            **tile_doses(doses, nb, n_c),
             obs_subject=(obs_p[None, :] + shift).ravel(),
             obs_time_h=np.tile(data.obs["TIME"].to_numpy(float), nb),
             obs_level=np.tile(data.obs["level"].to_numpy(np.int64), nb),
