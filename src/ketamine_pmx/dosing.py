@@ -89,6 +89,7 @@ from .inference import (
     load_idata,
     prepare_pk_data,
     tile_doses,
+    tile_subjects,
 )
 from .pk import build_layout, np_conc_ng_ml, np_disposition, pt_conc_ng_ml
 from .response import PREFIX, ResponseSpec, load_response_spec
@@ -627,10 +628,9 @@ def pk_loglik(
     for lo in range(0, n_s, batch):
         hi = min(n_s, lo + batch)
         nb = hi - lo
-        shift = (np.arange(nb) * n_c)[:, None]
         layout = build_layout(
             **tile_doses(doses, nb, n_c),
-            obs_subject=(obs_p[None, :] + shift).ravel(),
+            obs_subject=tile_subjects(obs_p, nb, n_c),
             obs_time_h=np.tile(data.obs["TIME"].to_numpy(float), nb),
             obs_level=np.tile(data.obs["level"].to_numpy(np.int64), nb),
             n_subject=nb * n_c,

@@ -33,7 +33,7 @@ import xarray as xr
 from scipy.special import expit
 
 from .contract import CYP2B6_CLASSES, EVID_DOSE
-from .inference import _chain_conc, chain_doses, tile_doses
+from .inference import _chain_conc, chain_doses, tile_doses, tile_subjects
 from .io import atomic_path
 from .outcomes import primary_times
 from .pk import Metabolite, build_layout, np_conc_ng_ml
@@ -303,14 +303,12 @@ def exposure_metrics(
     for lo in range(0, n_s, batch):
         hi = min(n_s, lo + batch)
         nb = hi - lo
-        shift = (np.arange(nb) * n_pseudo)[:, None]
-
         tiled = tile_doses(d, nb, n_pseudo)
         p = {k: v[lo:hi].ravel() for k, v in flat.items()}
         for lev in range(n_level):
             layout = build_layout(
                 **tiled,
-                obs_subject=(auc_obs[0][None, :] + shift).ravel(),
+                obs_subject=tile_subjects(auc_obs[0], nb, n_pseudo),
                 obs_time_h=np.tile(auc_obs[1], nb),
                 obs_level=lev + 1,
                 n_subject=nb * n_pseudo,
@@ -319,7 +317,7 @@ def exposure_metrics(
             auc[lo:hi, :, :, lev] = vals.reshape(nb, n_subj, n_c)
         layout = build_layout(
             **tiled,
-            obs_subject=(cmax_p_all[None, :] + shift).ravel(),
+            obs_subject=tile_subjects(cmax_p_all, nb, n_pseudo),
             obs_time_h=np.tile(cmax_t_all, nb),
             obs_level=np.tile(cmax_lev, nb),
             n_subject=nb * n_pseudo,

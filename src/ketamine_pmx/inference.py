@@ -173,12 +173,17 @@ def chain_doses(
     }
 
 
+def tile_subjects(subject: np.ndarray, n_copies: int, per_copy: int) -> np.ndarray:
+    """Pseudo-subject indices repeated for ``n_copies`` blocks of ``per_copy`` pseudo-subjects,
+    copy j's indices shifted by ``j * per_copy`` (e.g. one block per posterior draw)."""
+    return (np.asarray(subject)[None, :] + (np.arange(n_copies) * per_copy)[:, None]).ravel()
+
+
 def tile_doses(doses: dict[str, Any], n_copies: int, per_copy: int) -> dict[str, Any]:
     """:func:`chain_doses` repeated for ``n_copies`` blocks of ``per_copy`` pseudo-subjects
-    (copy j's subjects shifted by ``j * per_copy``), e.g. one block per posterior draw."""
-    shift = (np.arange(n_copies) * per_copy)[:, None]
+    (see :func:`tile_subjects`); the observations take ``tile_subjects`` of their indices."""
     return {
-        "dose_subject": (doses["dose_subject"][None, :] + shift).ravel(),
+        "dose_subject": tile_subjects(doses["dose_subject"], n_copies, per_copy),
         "dose_time_h": np.tile(doses["dose_time_h"], n_copies),
         "dose_amt_mg": np.tile(doses["dose_amt_mg"], n_copies),
         "dose_rate_mg_h": np.tile(doses["dose_rate_mg_h"], n_copies),
