@@ -16,6 +16,7 @@ from ketamine_pmx.simulate import (
     PK_ANALYTES,
     Dose,
     ParameterFileError,
+    allocate_dose_levels,
     build_regimen,
     draw_pk_parameters,
     integrate_pk,
@@ -77,13 +78,37 @@ def test_another_seed_gives_another_trial():
 # --- designs ------------------------------------------------------------------------------
 
 
-def test_mdd_arm_is_one_40_min_infusion_of_half_a_mg_per_kg(trial):
+def test_mdd_arm_is_one_40_min_infusion_at_a_randomised_dose_level(trial):
     d = trial.data
     doses = d[(d["EVID"] == 1) & (d["ARM"] == "MDD")]
     assert doses.groupby("ID").size().eq(1).all()
-    np.testing.assert_allclose(doses["AMT"], 0.5 * doses["WT"], rtol=1e-3)
+    per_kg = (doses["AMT"] / doses["WT"]).round(3)
+    # Six patients over four levels in equal shares: each level once or twice.
+    counts = per_kg.value_counts()
+    assert set(counts.index) == {0.1, 0.2, 0.5, 1.0} and set(counts) <= {1, 2}
+    truth = trial.subjects.set_index("ID").loc[doses["ID"], "DOSE_MG_KG"]
+    np.testing.assert_allclose(truth.to_numpy(), per_kg.to_numpy(), atol=1e-3)
     np.testing.assert_allclose(doses["AMT"] / doses["RATE"], 40 / 60, rtol=1e-3)
     assert (doses["ANALYTE"] == "KET").all() and (doses["TIME"] == 0).all()
+
+
+def test_dose_levels_are_allocated_in_equal_shares(params):
+    subjects = pd.DataFrame({"ARM": ["MDD"] * 10 + ["CRPS_OUT"] * 3})
+    level = allocate_dose_levels(params, subjects, np.random.default_rng(0))
+    assert np.isnan(level[10:]).all()
+    assert sorted(pd.Series(level[:10]).value_counts()) == [2, 2, 3, 3]
+
+
+def test_dose_levels_outside_a_per_kg_regimen_are_refused(params, tmp_path):
+    bad = json.loads(json.dumps(params))
+    bad["arms"]["CRPS_OUT"]["regimen"]["dose_levels_mg_kg"] = [0.5]
+    bad["arms"]["MDD"]["regimen"]["dose_levels_mg_kg"] = [0.5, -1]
+    path = tmp_path / "bad.yaml"
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ParameterFileError) as err:
+        load_parameters(path)
+    assert "arms.CRPS_OUT.regimen.dose_levels_mg_kg" in str(err.value)
+    assert "arms.MDD.regimen.dose_levels_mg_kg" in str(err.value)
 
 
 def test_crps_outpatient_arm_is_ten_daily_4h_infusions_up_to_20_mg_h(trial):

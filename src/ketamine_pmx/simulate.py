@@ -142,6 +142,17 @@ def _check_parameters(p: Any) -> list[str]:
         reg = spec.get("regimen", {})
         if reg.get("type") not in ("per_kg_single", "daily_titrated", "continuous_titrated"):
             problems.append(f"arms.{arm}.regimen.type: unknown regimen type {reg.get('type')!r}")
+        levels = reg.get("dose_levels_mg_kg")
+        if levels is not None and (
+            reg.get("type") != "per_kg_single"
+            or not isinstance(levels, list)
+            or not levels
+            or not all(isinstance(v, int | float) and v > 0 for v in levels)
+        ):
+            problems.append(
+                f"arms.{arm}.regimen.dose_levels_mg_kg: a non-empty list of positive doses, "
+                "only for a per_kg_single regimen"
+            )
         ketamine = [t for t, frac in DOSE_TARGETS.items() if "S" in frac]
         if reg.get("formulation") not in ketamine:
             problems.append(f"arms.{arm}.regimen.formulation: must be one of {ketamine}")
@@ -349,6 +360,27 @@ def build_regimen(
         else:  # guarded by _check_parameters
             raise ParameterFileError(f"unknown regimen type {kind!r}")
     return doses
+
+
+def allocate_dose_levels(
+    params: dict[str, Any], subjects: pd.DataFrame, rng: np.random.Generator
+) -> np.ndarray:
+    """Randomised dose level (mg/kg) of each subject of a dose-ranging arm; NaN elsewhere.
+
+    An arm whose ``per_kg_single`` regimen lists ``dose_levels_mg_kg`` allocates its subjects to
+    the levels in equal shares (the list repeated to the arm's size, then permuted), as a
+    dose-ranging trial does. The arm's ``dose_mg_kg`` stays its standard dose: the reference
+    exposure of the response truth and the standard protocol of the dosing trial use it.
+    """
+    level = np.full(len(subjects), np.nan)
+    arm_of = subjects["ARM"].to_numpy()
+    for name, arm in params["arms"].items():
+        levels = arm["regimen"].get("dose_levels_mg_kg")
+        rows = np.flatnonzero(arm_of == name)
+        if levels is None or rows.size == 0:
+            continue
+        level[rows] = rng.permutation(np.resize(np.asarray(levels, float), rows.size))
+    return level
 
 
 def _jitter(nominal_after: np.ndarray, sd: float, rng: np.random.Generator) -> np.ndarray:
@@ -643,11 +675,14 @@ def simulate_trial(config: dict[str, Any]) -> SimulatedTrial:
     hnk_cols = [PK_ANALYTES.index(a) for a in params["response"]["exposure_analytes"]]
     ket_cols = [PK_ANALYTES.index("S_KET"), PK_ANALYTES.index("R_KET")]
 
+    dose_level = allocate_dose_levels(params, subjects, rng_design)
     rows: list[dict[str, Any]] = []
     truth_rows: list[dict[str, Any]] = []
     for i, subj in subjects.iterrows():
         arm = params["arms"][subj["ARM"]]
         reg = arm["regimen"]
+        if not np.isnan(dose_level[i]):
+            reg = {**reg, "dose_mg_kg": float(dose_level[i])}
         n_days = int(rng_design.choice(reg["days"])) if "days" in reg else None
         doses = build_regimen(reg, float(subj["WT"]), n_days)
         t_pk = sampling_times(arm, doses, rng_design)
@@ -719,6 +754,7 @@ def simulate_trial(config: dict[str, Any]) -> SimulatedTrial:
                 "ANCESTRY": subj["ANCESTRY"],
                 "CYP2B6_CLASS": subj["CYP2B6_CLASS"],
                 "N_DOSES": len(doses),
+                "DOSE_MG_KG": reg.get("dose_mg_kg", np.nan),
                 "TOTAL_DOSE_MG": sum(d.amt for d in doses),
                 "COURSE_END_H": t_end,
                 "PRIMARY_ENDPOINT_H": t_primary,
@@ -921,6 +957,7 @@ __all__ = [
     "Dose",
     "ParameterFileError",
     "SimulatedTrial",
+    "allocate_dose_levels",
     "build_regimen",
     "draw_pk_parameters",
     "draw_subjects",
