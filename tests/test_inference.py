@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +15,7 @@ from ketamine_pmx.inference import (
     FitError,
     build_pk_model,
     censored_observations,
+    centred_subjects,
     diagnostics_table,
     eta_shrinkage,
     fit_pk,
@@ -24,9 +27,10 @@ from ketamine_pmx.inference import (
     save_idata,
 )
 from ketamine_pmx.simulate import simulate_trial
-from ketamine_pmx.specs import load_pk_spec
+from ketamine_pmx.specs import PKSpec, SpecError, load_pk_spec, validate_spec
 
 MODELS = REPO / "models"
+GROUPS = ("cl", "vc", "vp", "cl_nk", "cl_hnk")
 GATE = {"rhat_max": 1.01, "ess_min": 400, "max_divergences": 0, "e_bfmi_min": 0.3}
 
 
@@ -85,7 +89,7 @@ def test_model_gradient_matches_finite_differences(trial, spec):
     offsets = np.cumsum([0, *sizes])
     checked = 0
     for k, name in enumerate(names):
-        if name.startswith("z_"):
+        if name.startswith(("z_", "theta_")):
             continue  # thousands of them; the population parameters carry the checks
         for j in range(sizes[k]):
             h = 1e-5
@@ -98,6 +102,74 @@ def test_model_gradient_matches_finite_differences(trial, spec):
             assert grad[offsets[k] + j] == pytest.approx(fd, rel=1e-4, abs=1e-4), (name, j)
             checked += 1
     assert checked > 20
+
+
+def evaluate(model, outputs, point):
+    """Values of model expressions at a point of the model's free (value) variables."""
+    outputs = model.replace_rvs_by_values(outputs)
+    return model.compile_fn(outputs, inputs=model.value_vars, on_unused_input="ignore")(point)
+
+
+def with_bsv(spec, **bsv):
+    """The same specification with other subject-effect settings."""
+    raw = copy.deepcopy(spec.spec)
+    raw["bsv"].update(bsv)
+    return PKSpec(spec.name, spec.path, validate_spec(raw, spec.path), spec.sha256)
+
+
+@pytest.mark.parametrize("how", ["centred", "partial"])
+def test_centred_parameterisations_are_the_same_model(trial, spec, how):
+    """Same etas, same model: the data term is identical and the priors differ only by the
+    change of variables theta = mean + eta against eta = omega * z (log |d theta / d z| =
+    log omega for every centred subject and chain).
+    """
+    table, _ = trial
+    data = prepare_pk_data(table, spec)
+    other = with_bsv(spec, parameterisation=how, centred_min_samples=8)
+    centred = centred_subjects(data, other.spec["bsv"])
+    if how == "partial":  # the smoke trial's MDD patients are rich, the CRPS arms sparse
+        arm = table.drop_duplicates("ID").set_index("ID").loc[data.subjects, "ARM"].to_numpy()
+        assert centred.any() and not centred.all()
+        assert (centred == (arm == "MDD")).all()
+    else:
+        assert centred.all()
+    nc = build_pk_model(with_bsv(spec, parameterisation="noncentred"), data)
+    ce = build_pk_model(other, data)
+    rng = np.random.default_rng(5)
+    point = nc.initial_point()
+    point = {k: v + 0.2 * rng.standard_normal(np.shape(v)) for k, v in point.items()}
+    eta = evaluate(nc, [nc[f"eta_{g}"] for g in GROUPS], point)
+    # The same etas in the centred model: theta = (its mean) + eta for the centred subjects.
+    ce_point = {k: v for k, v in point.items() if k in {v.name for v in ce.value_vars}}
+    rich, sparse = np.flatnonzero(centred), np.flatnonzero(~centred)
+    for g in GROUPS:
+        if sparse.size:
+            ce_point[f"z_{g}"] = point[f"z_{g}"][sparse]
+        ce_point[f"theta_{g}"] = np.zeros((rich.size, 2))
+    means = evaluate(
+        ce, [ce[f"theta_{g}"] - ce[f"eta_{g}"][rich] for g in GROUPS], ce_point
+    )  # theta - eta at theta = 0 is the mean (eta = theta - mean)
+    for g, e, m in zip(GROUPS, eta, means, strict=True):
+        ce_point[f"theta_{g}"] = m + e[rich]
+    eta_ce = evaluate(ce, [ce[f"eta_{g}"] for g in GROUPS], ce_point)
+    for a, b in zip(eta, eta_ce, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+    loglik_nc = nc.compile_logp(vars=nc.observed_RVs)(point)
+    loglik_ce = ce.compile_logp(vars=ce.observed_RVs)(ce_point)
+    assert loglik_ce == pytest.approx(loglik_nc, rel=1e-10)
+    omega = evaluate(nc, [nc[f"omega_{g}"] for g in GROUPS], point)
+    jacobian = sum(rich.size * np.log(w).sum() for w in omega)
+    assert ce.compile_logp()(ce_point) == pytest.approx(
+        nc.compile_logp()(point) - jacobian, rel=1e-10
+    )
+    assert "theta_cl" not in {v.name for v in nc.value_vars}
+
+
+def test_centred_effects_need_an_uncorrelated_block(spec):
+    raw = copy.deepcopy(spec.spec)
+    raw["bsv"].update(parameterisation="partial", correlation="lkj")
+    with pytest.raises(SpecError, match=r"bsv\.parameterisation.*lkj"):
+        validate_spec(raw, "models/x.yaml")
 
 
 def test_blq_rows_contribute_the_normal_cdf(spec):
@@ -190,7 +262,7 @@ def test_fit_writes_inferencedata_with_named_dims_and_loglik(smoke_fit, spec, tm
     assert post["log_cl_f_pop"].dims == ("chain", "draw", "enantiomer")
     assert list(post["enantiomer"].values) == ["S", "R"]
     assert post["eta_cl"].dims == ("chain", "draw", "subject", "enantiomer")
-    assert not any(v.startswith("z_") for v in post.data_vars)
+    assert not any(v.startswith(("z_", "theta_")) for v in post.data_vars)
     loglik = idata.log_likelihood["y"]
     assert loglik.dims == ("chain", "draw", "obs") and loglik.sizes["obs"] == len(data.obs)
     assert np.isfinite(loglik.values).all()

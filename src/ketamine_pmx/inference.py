@@ -6,7 +6,7 @@ The model (per chain c, the dimension `enantiomer`: S and R, or one racemic chai
     logit theta_pop[c]    ~ Normal(logit typical[c], prior_sd)        (fractions)
     omega_g[c]            ~ HalfNormal(omega_prior_sd)                (one per BSV group)
     eta_g[i, c]           = omega_g[c] * z_g[i, c],  z ~ Normal(0, 1)   (non-centred; or centred,
-                                                                       or LKJ-correlated block)
+                            partially centred, or LKJ-correlated block; see _subject_effects)
     e_cyp2b6[k]           ~ Normal(0, prior_sd)                        (k = IM, PM; NM reference)
     theta[i, c] = exp(log theta_pop[c] + a_theta log(WT_i / 70) + e_cyp2b6[class_i] + eta_g[i, c])
 
@@ -191,8 +191,9 @@ def tile_doses(doses: dict[str, Any], n_copies: int, per_copy: int) -> dict[str,
     }
 
 
-def _logit(p: float) -> float:
-    return float(np.log(p / (1.0 - p)))
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.asarray(p, float)
+    return np.log(p / (1.0 - p))
 
 
 def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Model:
@@ -228,27 +229,24 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
             # NM contributes 0; IM and PM their estimated log effect.
             cyp_effect = pt.concatenate([pt.zeros(1), e_cyp])[cls_idx]
 
-        groups = _bsv_groups(spec)
-        etas = _subject_effects(groups, chains, n_subj, bsv_cfg)
-
+        # Each parameter's individual value before its subject effect (the typical value with
+        # weight and CYP2B6 covariates): the mean the centred parameterisation samples around.
+        means: dict[str, Any] = {}
         ind: dict[str, Any] = {}
         for name, par in spec.parameters.items():
             kind = spec.kind(name)
             typical = np.array([spec.typical(name, c) for c in chains])
             if kind == "fraction":
-                if par["fixed"]:
+                if par["fixed"]:  # may be 1 (no logit); fixed parameters have no BSV
                     ind[name] = pt.as_tensor(np.broadcast_to(typical, (n_subj, len(chains))))
                     continue
                 logit_pop = pm.Normal(
                     f"logit_{name}_pop",
-                    np.array([_logit(v) for v in typical]),
+                    _logit(typical),
                     par["prior_sd"],
                     dims="enantiomer",
                 )
-                lin = pt.broadcast_to(logit_pop, (n_subj, len(chains)))
-                if par["bsv"]:
-                    lin = lin + etas[par.get("bsv_group") or name]
-                ind[name] = pm.math.sigmoid(lin)
+                means[name] = pt.broadcast_to(logit_pop, (n_subj, len(chains)))
                 continue
             scale = {"clearance": a_cl, "volume": a_v}.get(kind, 0.0)
             if par["fixed"]:
@@ -260,9 +258,20 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
             lin = log_pop[None, :] + (scale * log_wt)[:, None]
             if cyp_effect is not None and cyp_cfg["parameter"] == name:
                 lin = lin + cyp_effect[:, None]
+            means[name] = lin
+
+        groups = _bsv_groups(spec)
+        group_means = {g: means[_group_reference(spec, g)] for g in groups}
+        centred = centred_subjects(data, bsv_cfg)
+        etas = _subject_effects(groups, chains, n_subj, bsv_cfg, group_means, centred)
+
+        for name, par in spec.parameters.items():
+            if name in ind:
+                continue
+            lin = means[name]
             if par["bsv"]:
                 lin = lin + etas[par.get("bsv_group") or name]
-            ind[name] = pt.exp(lin)
+            ind[name] = pm.math.sigmoid(lin) if spec.kind(name) == "fraction" else pt.exp(lin)
 
         flat = {k: v.reshape((-1,)) for k, v in ind.items()}  # subject-major, chain fastest
         pred = _chain_conc(spec, data.layout, flat)
@@ -280,10 +289,48 @@ def _bsv_groups(spec: PKSpec) -> list[str]:
     return groups
 
 
+def _group_reference(spec: PKSpec, group: str) -> str:
+    """The parameter whose individual value a BSV group's centred effects are sampled as."""
+    return next(
+        name
+        for name, par in spec.parameters.items()
+        if par["bsv"] and (par.get("bsv_group") or name) == group
+    )
+
+
+def centred_subjects(data: PKData, cfg: dict[str, Any]) -> np.ndarray:
+    """Which subjects' effects are sampled centred (boolean per subject, model order).
+
+    ``centred``: all; ``noncentred``: none; ``partial``: subjects with at least
+    ``centred_min_samples`` distinct sampling times (rich profiles pin the individual value
+    down, so centring removes the ridge between typical value and subject effects; sparse
+    profiles keep the non-centred form, which avoids the funnel between omega and eta).
+    """
+    n = len(data.subjects)
+    how = cfg["parameterisation"]
+    if how == "centred":
+        return np.ones(n, bool)
+    if how == "noncentred":
+        return np.zeros(n, bool)
+    times = data.obs.groupby("ID")["TIME"].nunique()
+    return times.reindex(data.subjects).fillna(0).to_numpy() >= cfg["centred_min_samples"]
+
+
 def _subject_effects(
-    groups: list[str], chains: list[str], n_subj: int, cfg: dict[str, Any]
+    groups: list[str],
+    chains: list[str],
+    n_subj: int,
+    cfg: dict[str, Any],
+    means: dict[str, Any],
+    centred: np.ndarray,
 ) -> dict[str, Any]:
-    """Subject effects eta_<group>[subject, chain] (stored as deterministics for shrinkage)."""
+    """Subject effects eta_<group>[subject, chain] (stored as deterministics for shrinkage).
+
+    Non-centred subjects: eta = omega * z with z ~ Normal(0, 1). Centred subjects: the
+    individual (log or logit) value of the group's reference parameter, theta ~ Normal(mean,
+    omega), is sampled with its covariate-adjusted typical value ``means[group]`` as the
+    mean (NONMEM's MU referencing), and eta = theta - mean. Same model, other geometry.
+    """
     etas: dict[str, Any] = {}
     if not groups:
         return etas
@@ -302,13 +349,19 @@ def _subject_effects(
             cols = block[:, k * len(chains) : (k + 1) * len(chains)]
             etas[g] = pm.Deterministic(f"eta_{g}", cols, dims=("subject", "enantiomer"))
         return etas
+    rich = np.flatnonzero(centred)
+    sparse = np.flatnonzero(~centred)
     for g in groups:
         omega = pm.HalfNormal(f"omega_{g}", cfg["omega_prior_sd"], dims="enantiomer")
-        if cfg["parameterisation"] == "centred":
-            etas[g] = pm.Normal(f"eta_{g}", 0.0, omega, dims=("subject", "enantiomer"))
-        else:
-            z = pm.Normal(f"z_{g}", 0.0, 1.0, dims=("subject", "enantiomer"))
-            etas[g] = pm.Deterministic(f"eta_{g}", omega * z, dims=("subject", "enantiomer"))
+        eta = pt.zeros((n_subj, len(chains)))
+        if rich.size:
+            mean = means[g][rich]
+            theta = pm.Normal(f"theta_{g}", mean, omega, shape=(rich.size, len(chains)))
+            eta = pt.set_subtensor(eta[rich], theta - mean)
+        if sparse.size:
+            z = pm.Normal(f"z_{g}", 0.0, 1.0, shape=(sparse.size, len(chains)))
+            eta = pt.set_subtensor(eta[sparse], omega * z)
+        etas[g] = pm.Deterministic(f"eta_{g}", eta, dims=("subject", "enantiomer"))
     return etas
 
 
@@ -442,18 +495,19 @@ def _likelihood(spec: PKSpec, data: PKData, pred: Any, observed: bool) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def _is_innovation(name: str) -> bool:
+    """Free variables that only reparameterise the subject effects (eta keeps their content)."""
+    return name.startswith(("z_", "theta_")) or name == "chol_eta"
+
+
 def sample_pk(
     model: pm.Model, data: PKData, spec: PKSpec, sampler: dict[str, Any], seed: int
 ) -> az.InferenceData:
     """Sample with nutpie (default) or PyMC's NUTS; add log-likelihood and constant data."""
     backend = sampler["backend"]
-    # Stored: everything but the standard-normal innovations z (recoverable as eta / omega)
+    # Stored: everything but the innovations z and centred values theta (recoverable from eta)
     # and the unconstrained twins of constrained variables.
-    keep = [
-        v.name
-        for v in (*model.free_RVs, *model.deterministics)
-        if not v.name.startswith("z_") and v.name != "chol_eta"
-    ]
+    keep = [v.name for v in (*model.free_RVs, *model.deterministics) if not _is_innovation(v.name)]
     run = run_nuts(model, sampler, seed)
     idata = run.idata
     full = az.InferenceData(posterior=idata.posterior)
@@ -541,8 +595,7 @@ def population_variables(idata: az.InferenceData) -> list[str]:
         if "subject" not in post[v].dims
         and "obs" not in post[v].dims
         and "patient" not in post[v].dims
-        and not v.startswith("z_")
-        and v != "chol_eta"
+        and not _is_innovation(v)
         and not v.endswith("__")  # unconstrained twins (nutpie stores them too)
         and post[v].ndim >= 2
     ]

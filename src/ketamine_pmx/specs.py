@@ -146,6 +146,15 @@ def validate_spec(raw: Any, source: str) -> dict[str, Any]:
             problems.append(
                 f"parameters.{name}: a fixed parameter cannot have between-subject variability"
             )
+    bsv = spec.get("bsv", {})
+    if (
+        bsv.get("correlation") == "lkj"
+        and bsv.get("parameterisation", "noncentred") != "noncentred"
+    ):
+        problems.append(
+            "bsv.parameterisation: an LKJ-correlated block is sampled non-centred; "
+            f"{bsv['parameterisation']!r} is not available with correlation lkj"
+        )
     cyp = spec["covariates"].get("cyp2b6")
     if cyp and cyp.get("parameter") not in spec["parameters"]:
         problems.append(
