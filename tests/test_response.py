@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 
+import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
 import scipy.integrate as si
 import scipy.stats as st
+import xarray as xr
 from conftest import REPO, make_config
 from scipy.special import expit
 
@@ -295,3 +297,51 @@ def test_exact_loo_refit_replaces_a_high_k_point(fitted):
     for i in info["refitted"]:
         lppd_i = np.log(np.mean(np.exp(ll[i])))
         assert float(res.loo_i[i]) == pytest.approx(lppd_i, rel=1e-9)
+
+
+def test_known_exposure_fit_recovers_a_logistic_truth():
+    """The known-exposure reference regression on a large simulated trial: the coefficients
+    of the data-generating logistic model, per indication, in the response model's centring."""
+    from ketamine_pmx.response import known_exposure_fit
+
+    rng = np.random.default_rng(4)
+    n = 6000
+    ind = np.where(np.arange(n) % 3 == 0, "CRPS", "MDD")
+    auc = np.exp(rng.normal(np.where(ind == "MDD", 5.0, 6.5), 0.6))
+    dser, mg = rng.normal(3.9, 0.8, n), rng.normal(0.85, 0.08, n)
+    centre = {"MDD": 5.1, "CRPS": 6.4}
+    coef = {"MDD": (-0.2, 1.2, -0.9, 0.3), "CRPS": (0.5, 1.2, -0.7, 0.6)}
+    eta = np.empty(n)
+    for g, (a, bx, bd, bm) in coef.items():
+        k = ind == g
+        eta[k] = (
+            a + bx * (np.log(auc[k]) - centre[g]) + bd * (dser[k] - 4.0) + bm * (mg[k] - 0.8) / 0.1
+        )
+    y = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(float)
+    ids = np.arange(1, n + 1)
+    idata = az.InferenceData(
+        observed_data=xr.Dataset({"responder": ("patient", y)}, coords={"patient": ids}),
+        constant_data=xr.Dataset(
+            {
+                "indication_of_patient": ("patient", ind),
+                "exposure_centre": ("indication", [centre["MDD"], centre["CRPS"]]),
+                "centre_dser": ((), 4.0),
+                "centre_mg": ((), 0.8),
+            },
+            coords={"patient": ids, "indication": ["MDD", "CRPS"]},
+        ),
+    )
+    subjects = pd.DataFrame(
+        {"ID": ids[::-1], "AUC_HNK": auc[::-1], "DSER": dser[::-1], "MG": mg[::-1]}
+    )
+    fit = known_exposure_fit(idata, subjects)
+    for g, values in coef.items():
+        names = ("intercept", "b_log_auc_hnk", "b_dser_per_um", "b_mg_per_0p1_mmol_l")
+        for name, true in zip(names, values, strict=True):
+            assert fit[f"{name}[{g}]"] == pytest.approx(true, abs=0.15), (g, name)
+    # A model without a term has no reference regression.
+    reduced = az.InferenceData(
+        observed_data=idata.observed_data,
+        constant_data=idata.constant_data.drop_vars("centre_mg"),
+    )
+    assert known_exposure_fit(reduced, subjects) is None

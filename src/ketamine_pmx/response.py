@@ -61,6 +61,8 @@ import pymc as pm
 import pytensor.tensor as pt
 import xarray as xr
 import yaml
+from scipy.optimize import minimize
+from scipy.special import expit
 
 from . import __version__
 from .config import ConfigError, load_schema, validate_with_schema
@@ -559,8 +561,61 @@ def effects_table(idata: az.InferenceData, spec: ResponseSpec, prob: float = 0.9
     return pd.DataFrame(rows)
 
 
+def known_exposure_fit(idata: az.InferenceData, subjects: pd.DataFrame) -> dict[str, float] | None:
+    """What this trial's own responders say when every patient's true exposure is known.
+
+    Per indication, the maximum-likelihood logistic regression of the observed responder on
+    the simulator's true log AUC of HNK, D-serine and Mg (``subjects``: the simulator's
+    ``truth_subjects.csv``), centred as the response model centres them. Keys as in
+    :func:`effects_vs_truth`. The population truth is what the model targets over trials;
+    this is the answer of this one trial without any PK uncertainty, so a truth outside the
+    model's interval but near this estimate is the trial's chance, not the method's bias.
+    None when the model lacks a term (the regression has the true structure's terms).
+    """
+    const = idata.constant_data
+    if not {"exposure_centre", "centre_dser", "centre_mg"} <= set(const.data_vars):
+        return None
+    truth = subjects.set_index("ID")
+    ids = idata.observed_data["patient"].to_numpy()
+    y = np.asarray(idata.observed_data["responder"], float)
+    ind = const["indication_of_patient"].to_numpy().astype(str)
+    tr = truth.loc[ids]
+    out: dict[str, float] = {}
+    for g in map(str, const["indication"].to_numpy()):
+        keep = (ind == g) & np.isfinite(y)
+        x = np.column_stack(
+            [
+                np.ones(keep.sum()),
+                np.log(tr["AUC_HNK"].to_numpy(float)[keep])
+                - float(const["exposure_centre"].sel(indication=g)),
+                tr["DSER"].to_numpy(float)[keep] - float(const["centre_dser"]),
+                (tr["MG"].to_numpy(float)[keep] - float(const["centre_mg"])) / 0.1,
+            ]
+        )
+        yg = y[keep]
+
+        def nll(beta: np.ndarray, x: np.ndarray = x, yg: np.ndarray = yg) -> tuple[float, Any]:
+            eta = x @ beta
+            value = np.sum(np.logaddexp(0.0, eta) - yg * eta)
+            return float(value), x.T @ (expit(eta) - yg)
+
+        fit = minimize(nll, np.zeros(4), jac=True, method="BFGS")
+        a, bx, bd, bm = fit.x
+        out |= {
+            f"intercept[{g}]": a,
+            f"b_log_auc_hnk[{g}]": bx,
+            f"b_dser_per_um[{g}]": bd,
+            f"b_mg_per_0p1_mmol_l[{g}]": bm,
+        }
+    return out
+
+
 def effects_vs_truth(
-    idata: az.InferenceData, spec: ResponseSpec, truth: dict[str, Any], prob: float = 0.90
+    idata: az.InferenceData,
+    spec: ResponseSpec,
+    truth: dict[str, Any],
+    prob: float = 0.90,
+    subjects: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Responder effects per natural unit against the simulator's true ones.
 
@@ -568,7 +623,8 @@ def effects_vs_truth(
     exposure effect per unit log AUC of HNK (same in both indications), D-serine per uM and Mg
     per 0.1 mmol/L per indication, and each indication's intercept after moving the truth's
     reference point (typical patient's AUC, D-serine 3.9 uM, Mg 0.85 mmol/L) to the model's
-    (the patients' mean of each), so that the two intercepts mean the same thing.
+    (the patients' mean of each), so that the two intercepts mean the same thing. With the
+    simulator's ``subjects``, a column ``known_exposure_mle`` gives :func:`known_exposure_fit`.
     """
     eff = truth["logit_scale_effects"]
     params = truth["parameters"]["response"]
@@ -625,7 +681,11 @@ def effects_vs_truth(
                 eff["intercept_logit"][g] + shift,
                 post["intercept"].sel(indication=g).to_numpy(),
             )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    reference = known_exposure_fit(idata, subjects) if subjects is not None else None
+    if reference is not None and not table.empty:
+        table["known_exposure_mle"] = table["parameter"].map(reference)
+    return table
 
 
 def loo_refitter(fitter: Callable[[], ResponseFitter], seed: int, outcome: str) -> tuple[Any, Any]:

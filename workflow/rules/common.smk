@@ -91,6 +91,13 @@ def get_truth_population(wildcards):
     return rules.simulate_trial.output.population
 
 
+def get_truth_subjects(wildcards):
+    """The simulator's per-patient truth (known-exposure reference fit), or nothing."""
+    if config["data"]["path"]:
+        return []
+    return rules.simulate_trial.output.subjects
+
+
 def get_response_outputs():
     """Exposures, response fits, comparison, the effects table and the response checks;
     nothing for a dataset without outcomes (models.response: [], e.g. a PK-only study).

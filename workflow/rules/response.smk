@@ -131,6 +131,7 @@ rule biomarker_effects:
         ),
         response_specs=[get_response_spec(m) for m in config["models"]["response"]],
         truth=get_truth_population,
+        truth_subjects=get_truth_subjects,
     output:
         table=report(
             f"{RESULTS}/effects/biomarker_effects.csv",

@@ -30,9 +30,10 @@ recovery = pd.DataFrame(columns=["model", "parameter", "truth", "mean", "q5", "q
 if snakemake.input.truth:
     with open(snakemake.input.truth, encoding="utf-8") as fh:
         truth = json.load(fh)
+    subjects = pd.read_csv(snakemake.input.truth_subjects)
     recovery = pd.concat(
         [
-            effects_vs_truth(f, s, truth).assign(model=s.name)
+            effects_vs_truth(f, s, truth, subjects=subjects).assign(model=s.name)
             for f, s in zip(fits, specs, strict=True)
         ],
         ignore_index=True,
