@@ -17,9 +17,20 @@ from typing import Any
 import pandas as pd
 
 
+def _umask_mode(base: int) -> int:
+    """``base`` less the process umask: the mode a plain open() or mkdir() would give."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary path; on success rename it to ``target`` (same filesystem)."""
+    """Yield a temporary path; on success rename it to ``target`` (same filesystem).
+
+    The file gets the permissions of a plain write (0666 less the umask), not the 0600 of
+    the private temporary file.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -27,6 +38,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, _umask_mode(0o666))
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -43,6 +55,7 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
+        os.chmod(tmp, _umask_mode(0o777))
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
