@@ -114,3 +114,30 @@ def test_thinning_and_summary():
     post = az.from_dict(posterior={"x": np.arange(2 * 100.0).reshape(2, 100)}).posterior
     thin = thin_posterior(post, 10)
     assert thin.sizes["draw"] == 5 and thin["draw"].values[-1] == 99
+
+
+def test_new_subjects_keep_the_enantiomer_correlation():
+    """With correlation: enantiomer, new subjects' S and R effects are correlated by rho (the
+    oracle posterior carries the simulator's 0.8) and each keeps its omega."""
+    import copy
+    import dataclasses
+
+    from ketamine_pmx.oracle import oracle_pk_posterior
+    from ketamine_pmx.specs import validate_spec
+
+    raw = copy.deepcopy(SPEC.spec)
+    raw["bsv"]["correlation"] = "enantiomer"
+    spec = dataclasses.replace(SPEC, spec=validate_spec(raw, SPEC.path))
+    population = simulate_trial(make_config()).population
+    post = oracle_pk_posterior(population, spec, n_draws=4)
+    rho = float(population["parameters"]["pk"]["enantiomer_eta_correlation"])
+    assert np.allclose(post["rho_vc"], rho)
+    n = 20000
+    wt, cyp = np.full(n, 70.0), np.full(n, "NM")
+    typical = individual_parameters(spec, post, wt[:1], cyp[:1], eta="zero")
+    new = individual_parameters(spec, post, wt, cyp, eta="new", rng=np.random.default_rng(1))
+    eta = np.log(new["vc"] / typical["vc"])  # (sample, subject, chain)
+    for s in range(eta.shape[0]):
+        assert np.corrcoef(eta[s, :, 0], eta[s, :, 1])[0, 1] == pytest.approx(rho, abs=0.02)
+        omega = float(post["omega_vc"].isel(chain=0, draw=s, enantiomer=0))
+        assert eta[s].std(axis=0) == pytest.approx([omega, omega], rel=0.03)

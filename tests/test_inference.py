@@ -117,15 +117,19 @@ def with_bsv(spec, **bsv):
     return PKSpec(spec.name, spec.path, validate_spec(raw, spec.path), spec.sha256)
 
 
-@pytest.mark.parametrize("how", ["centred", "partial"])
-def test_centred_parameterisations_are_the_same_model(trial, spec, how):
+@pytest.mark.parametrize(
+    ("how", "correlation"),
+    [("centred", "none"), ("partial", "none"), ("partial", "enantiomer")],
+)
+def test_centred_parameterisations_are_the_same_model(trial, spec, how, correlation):
     """Same etas, same model: the data term is identical and the priors differ only by the
-    change of variables theta = mean + eta against eta = omega * z (log |d theta / d z| =
-    log omega for every centred subject and chain).
+    change of variables theta = mean + eta against eta = L z (log |d theta / d z| = log det L
+    for every centred subject: sum of log omega, plus log sqrt(1 - rho^2) when S and R effects
+    are correlated).
     """
     table, _ = trial
     data = prepare_pk_data(table, spec)
-    other = with_bsv(spec, parameterisation=how, centred_min_samples=8)
+    other = with_bsv(spec, parameterisation=how, centred_min_samples=8, correlation=correlation)
     centred = centred_subjects(data, other.spec["bsv"])
     if how == "partial":  # the smoke trial's MDD patients are rich, the CRPS arms sparse
         arm = table.drop_duplicates("ID").set_index("ID").loc[data.subjects, "ARM"].to_numpy()
@@ -133,12 +137,23 @@ def test_centred_parameterisations_are_the_same_model(trial, spec, how):
         assert (centred == (arm == "MDD")).all()
     else:
         assert centred.all()
-    nc = build_pk_model(with_bsv(spec, parameterisation="noncentred"), data)
+    nc = build_pk_model(
+        with_bsv(spec, parameterisation="noncentred", correlation=correlation), data
+    )
     ce = build_pk_model(other, data)
     rng = np.random.default_rng(5)
     point = nc.initial_point()
     point = {k: v + 0.2 * rng.standard_normal(np.shape(v)) for k, v in point.items()}
     eta = evaluate(nc, [nc[f"eta_{g}"] for g in GROUPS], point)
+    omega = evaluate(nc, [nc[f"omega_{g}"] for g in GROUPS], point)
+    rho = [0.0] * len(GROUPS)
+    if correlation == "enantiomer":  # eta_R = omega_R (rho z_S + sqrt(1 - rho^2) z_R)
+        rho = evaluate(nc, [nc[f"rho_{g}"] for g in GROUPS], point)
+        for g, e, w, r in zip(GROUPS, eta, omega, rho, strict=True):
+            z = point[f"z_{g}"]
+            np.testing.assert_allclose(e[:, 0], w[0] * z[:, 0], rtol=1e-12)
+            expected = w[1] * (r * z[:, 0] + np.sqrt(1 - r**2) * z[:, 1])
+            np.testing.assert_allclose(e[:, 1], expected, rtol=1e-12)
     # The same etas in the centred model: theta = (its mean) + eta for the centred subjects.
     ce_point = {k: v for k, v in point.items() if k in {v.name for v in ce.value_vars}}
     rich, sparse = np.flatnonzero(centred), np.flatnonzero(~centred)
@@ -157,12 +172,21 @@ def test_centred_parameterisations_are_the_same_model(trial, spec, how):
     loglik_nc = nc.compile_logp(vars=nc.observed_RVs)(point)
     loglik_ce = ce.compile_logp(vars=ce.observed_RVs)(ce_point)
     assert loglik_ce == pytest.approx(loglik_nc, rel=1e-10)
-    omega = evaluate(nc, [nc[f"omega_{g}"] for g in GROUPS], point)
-    jacobian = sum(rich.size * np.log(w).sum() for w in omega)
+    jacobian = sum(
+        rich.size * (np.log(w).sum() + 0.5 * np.log(1 - r**2))
+        for w, r in zip(omega, rho, strict=True)
+    )
     assert ce.compile_logp()(ce_point) == pytest.approx(
         nc.compile_logp()(point) - jacobian, rel=1e-10
     )
     assert "theta_cl" not in {v.name for v in nc.value_vars}
+
+
+def test_enantiomer_correlation_needs_two_enantiomers():
+    raw = copy.deepcopy(load_pk_spec(MODELS / "pk_racemic_2cmt_metab.yaml").spec)
+    raw["bsv"]["correlation"] = "enantiomer"
+    with pytest.raises(SpecError, match=r"bsv\.correlation.*one chain"):
+        validate_spec(raw, "models/x.yaml")
 
 
 def test_centred_effects_need_an_uncorrelated_block(spec):

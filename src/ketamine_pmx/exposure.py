@@ -166,10 +166,15 @@ def _etas(
             z = rng.standard_normal((n_s, n_subj, chol.shape[-1]))
             block = np.einsum("sij,spj->spi", chol, z)
             return {g: block[:, :, k * n_c : (k + 1) * n_c] for k, g in enumerate(groups)}
-        return {
-            g: post[f"omega_{g}"].to_numpy()[:, None, :] * rng.standard_normal((n_s, n_subj, n_c))
-            for g in groups
-        }
+        out = {}
+        for g in groups:
+            z = rng.standard_normal((n_s, n_subj, n_c))
+            omega = post[f"omega_{g}"].to_numpy()[:, None, :]
+            if f"rho_{g}" in post:  # correlation: enantiomer (S, R)
+                rho = post[f"rho_{g}"].to_numpy()[:, None]
+                z[..., 1] = rho * z[..., 0] + np.sqrt(1.0 - rho**2) * z[..., 1]
+            out[g] = omega * z
+        return out
     raise ExposureError(f"eta must be 'posterior', 'zero', 'new' or a dict, got {eta!r}")
 
 

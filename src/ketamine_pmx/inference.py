@@ -330,6 +330,9 @@ def _subject_effects(
     individual (log or logit) value of the group's reference parameter, theta ~ Normal(mean,
     omega), is sampled with its covariate-adjusted typical value ``means[group]`` as the
     mean (NONMEM's MU referencing), and eta = theta - mean. Same model, other geometry.
+    With ``correlation: enantiomer`` each group's S and R effects are bivariate normal with
+    correlation rho_<group> (LKJ prior): eta = L z, L the Cholesky factor of the 2 x 2
+    covariance; the full ``lkj`` block correlates every effect with every other.
     """
     etas: dict[str, Any] = {}
     if not groups:
@@ -351,16 +354,30 @@ def _subject_effects(
         return etas
     rich = np.flatnonzero(centred)
     sparse = np.flatnonzero(~centred)
+    paired = cfg["correlation"] == "enantiomer"
     for g in groups:
         omega = pm.HalfNormal(f"omega_{g}", cfg["omega_prior_sd"], dims="enantiomer")
+        chol = None
+        if paired:  # (S, R) effects correlated: LKJ(eta) on a 2 x 2 is Beta(eta, eta) on (rho+1)/2
+            u = pm.Beta(f"rho01_{g}", cfg["lkj_eta"], cfg["lkj_eta"])
+            rho = pm.Deterministic(f"rho_{g}", 2.0 * u - 1.0)
+            chol = pt.stack(
+                [
+                    pt.stack([omega[0], pt.zeros(())]),
+                    pt.stack([omega[1] * rho, omega[1] * pt.sqrt(1.0 - rho**2)]),
+                ]
+            )
         eta = pt.zeros((n_subj, len(chains)))
         if rich.size:
             mean = means[g][rich]
-            theta = pm.Normal(f"theta_{g}", mean, omega, shape=(rich.size, len(chains)))
+            if paired:
+                theta = pm.MvNormal(f"theta_{g}", mean, chol=chol, shape=(rich.size, 2))
+            else:
+                theta = pm.Normal(f"theta_{g}", mean, omega, shape=(rich.size, len(chains)))
             eta = pt.set_subtensor(eta[rich], theta - mean)
         if sparse.size:
             z = pm.Normal(f"z_{g}", 0.0, 1.0, shape=(sparse.size, len(chains)))
-            eta = pt.set_subtensor(eta[sparse], omega * z)
+            eta = pt.set_subtensor(eta[sparse], z @ chol.T if paired else omega * z)
         etas[g] = pm.Deterministic(f"eta_{g}", eta, dims=("subject", "enantiomer"))
     return etas
 
@@ -497,7 +514,7 @@ def _likelihood(spec: PKSpec, data: PKData, pred: Any, observed: bool) -> None:
 
 def _is_innovation(name: str) -> bool:
     """Free variables that only reparameterise the subject effects (eta keeps their content)."""
-    return name.startswith(("z_", "theta_")) or name == "chol_eta"
+    return name.startswith(("z_", "theta_", "rho01_")) or name == "chol_eta"
 
 
 def sample_pk(

@@ -83,6 +83,9 @@ def oracle_pk_posterior(
                 ("draw", "enantiomer"),
                 np.full((n_draws, len(chains)), float(omega)),
             )
+            if spec.spec["bsv"]["correlation"] == "enantiomer":
+                rho = float(pk["enantiomer_eta_correlation"])
+                data[f"rho_{group}"] = (("draw",), np.full(n_draws, rho))
     if spec.spec["covariates"].get("cyp2b6"):
         mult = pk["cyp2b6_clf_multiplier"]
         data["e_cyp2b6"] = (

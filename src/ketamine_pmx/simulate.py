@@ -885,6 +885,8 @@ def pk_truth(population: dict[str, Any]) -> dict[str, float]:
         out[f"logit_fm_hnk_pop[{c}]"] = p["fm_hnk"]
         for group, omega in pk["omega"].items():
             out[f"omega_{group}[{c}]"] = omega
+    for group in pk["omega"]:  # models with correlation: enantiomer
+        out[f"rho_{group}"] = pk["enantiomer_eta_correlation"]
     for cls, mult in pk["cyp2b6_clf_multiplier"].items():
         if cls != "NM":
             out[f"e_cyp2b6[{cls}]"] = mult

@@ -155,6 +155,10 @@ def validate_spec(raw: Any, source: str) -> dict[str, Any]:
             "bsv.parameterisation: an LKJ-correlated block is sampled non-centred; "
             f"{bsv['parameterisation']!r} is not available with correlation lkj"
         )
+    if bsv.get("correlation") == "enantiomer" and stereo != "enantiomers":
+        problems.append(
+            f"bsv.correlation: 'enantiomer' correlates S and R effects; a {stereo} model has one chain"
+        )
     cyp = spec["covariates"].get("cyp2b6")
     if cyp and cyp.get("parameter") not in spec["parameters"]:
         problems.append(
