@@ -9,7 +9,7 @@ import pymc as pm
 import pytest
 import scipy.stats as st
 from conftest import REPO, make_config
-from test_inference import true_parameters
+from test_inference import true_parameters, with_bsv
 
 from ketamine_pmx.data import load_dataset
 from ketamine_pmx.exposure import (
@@ -119,15 +119,9 @@ def test_thinning_and_summary():
 def test_new_subjects_keep_the_enantiomer_correlation():
     """With correlation: enantiomer, new subjects' S and R effects are correlated by rho (the
     oracle posterior carries the simulator's 0.8) and each keeps its omega."""
-    import copy
-    import dataclasses
-
     from ketamine_pmx.oracle import oracle_pk_posterior
-    from ketamine_pmx.specs import validate_spec
 
-    raw = copy.deepcopy(SPEC.spec)
-    raw["bsv"]["correlation"] = "enantiomer"
-    spec = dataclasses.replace(SPEC, spec=validate_spec(raw, SPEC.path))
+    spec = with_bsv(SPEC, correlation="enantiomer")
     population = simulate_trial(make_config()).population
     post = oracle_pk_posterior(population, spec, n_draws=4)
     rho = float(population["parameters"]["pk"]["enantiomer_eta_correlation"])

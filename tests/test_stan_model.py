@@ -9,19 +9,18 @@ programs (minutes; httpstan caches them under the program text).
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import importlib.util
 
 import mpmath as mp
 import numpy as np
 import pytest
 from conftest import REPO, make_config
+from test_inference import with_bsv
 
 from ketamine_pmx.data import validate_frame
 from ketamine_pmx.inference import build_pk_model, prepare_pk_data
 from ketamine_pmx.simulate import simulate_trial
-from ketamine_pmx.specs import load_pk_spec, validate_spec
+from ketamine_pmx.specs import load_pk_spec
 
 stan = pytest.importorskip("stan")
 pytestmark = pytest.mark.slow
@@ -49,9 +48,7 @@ def models():
     raw = simulate_trial(cfg).data.astype(str).replace({"nan": ".", "<NA>": "."})
     table = validate_frame(raw, cfg["data"], "sim").table
     spec = load_pk_spec(REPO / "models" / "pk_2cmt_metab.yaml")
-    raw_spec = copy.deepcopy(spec.spec)
-    raw_spec["bsv"]["parameterisation"] = "noncentred"
-    spec = dataclasses.replace(spec, spec=validate_spec(raw_spec, spec.path))
+    spec = with_bsv(spec, parameterisation="noncentred")
     data = prepare_pk_data(table, spec)
     assert (data.obs["BLQ"] == 1).any()  # the censored term is exercised
     sdata = run_stan.stan_data(data, spec)

@@ -260,10 +260,9 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
                 lin = lin + cyp_effect[:, None]
             means[name] = lin
 
-        groups = _bsv_groups(spec)
-        group_means = {g: means[_group_reference(spec, g)] for g in groups}
+        group_means = {g: means[first] for g, first in bsv_groups(spec).items()}
         centred = centred_subjects(data, bsv_cfg)
-        etas = _subject_effects(groups, chains, n_subj, bsv_cfg, group_means, centred)
+        etas = _subject_effects(list(group_means), chains, n_subj, bsv_cfg, group_means, centred)
 
         for name, par in spec.parameters.items():
             if name in ind:
@@ -279,23 +278,14 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
     return model
 
 
-def _bsv_groups(spec: PKSpec) -> list[str]:
-    groups: list[str] = []
+def bsv_groups(spec: PKSpec) -> dict[str, str]:
+    """BSV groups in spec order, each with its first parameter (the one whose individual value
+    the centred parameterisation samples; the group's other parameters share its eta)."""
+    groups: dict[str, str] = {}
     for name, par in spec.parameters.items():
         if par["bsv"]:
-            g = par.get("bsv_group") or name
-            if g not in groups:
-                groups.append(g)
+            groups.setdefault(par.get("bsv_group") or name, name)
     return groups
-
-
-def _group_reference(spec: PKSpec, group: str) -> str:
-    """The parameter whose individual value a BSV group's centred effects are sampled as."""
-    return next(
-        name
-        for name, par in spec.parameters.items()
-        if par["bsv"] and (par.get("bsv_group") or name) == group
-    )
 
 
 def centred_subjects(data: PKData, cfg: dict[str, Any]) -> np.ndarray:
@@ -312,8 +302,8 @@ def centred_subjects(data: PKData, cfg: dict[str, Any]) -> np.ndarray:
         return np.ones(n, bool)
     if how == "noncentred":
         return np.zeros(n, bool)
-    times = data.obs.groupby("ID")["TIME"].nunique()
-    return times.reindex(data.subjects).fillna(0).to_numpy() >= cfg["centred_min_samples"]
+    times = data.obs.groupby("ID")["TIME"].nunique()  # every subject has observations
+    return times.loc[data.subjects].to_numpy() >= cfg["centred_min_samples"]
 
 
 def _subject_effects(
@@ -371,7 +361,7 @@ def _subject_effects(
         if rich.size:
             mean = means[g][rich]
             if paired:
-                theta = pm.MvNormal(f"theta_{g}", mean, chol=chol, shape=(rich.size, 2))
+                theta = pm.MvNormal(f"theta_{g}", mean, chol=chol, shape=(rich.size, len(chains)))
             else:
                 theta = pm.Normal(f"theta_{g}", mean, omega, shape=(rich.size, len(chains)))
             eta = pt.set_subtensor(eta[rich], theta - mean)
