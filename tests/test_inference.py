@@ -6,6 +6,7 @@ import copy
 
 import numpy as np
 import pandas as pd
+import pymc as pm
 import pytest
 import scipy.stats as st
 from conftest import REPO, make_config
@@ -21,6 +22,7 @@ from ketamine_pmx.inference import (
     fit_pk,
     gate,
     load_idata,
+    log_ndtr,
     predict_ng_ml,
     prepare_pk_data,
     run_statistics,
@@ -225,6 +227,48 @@ def test_blq_rows_contribute_the_normal_cdf(spec):
         st.norm.logcdf(0.0, np.log(pred[1]), sd),
     ]
     np.testing.assert_allclose(pointwise, expected, rtol=1e-6)
+
+
+def test_log_ndtr_matches_mpmath_in_value_and_gradient():
+    import mpmath as mp
+    import pytensor
+    import pytensor.tensor as pt
+
+    z = pt.dvector("z")
+    f = pytensor.function([z], [log_ndtr(z), pytensor.grad(log_ndtr(z).sum(), z)])
+    grid = np.concatenate(
+        [-np.logspace(-3, 3, 120), [0.0], np.logspace(-3, 1.5, 60), [-35.001, -35.0, -34.999]]
+    )
+    value, grad = f(grid)
+    mp.mp.dps = 600  # log Phi(14) = -Phi(-14) ~ -1e-44 needs Phi(14) to ~60 digits
+    for zi, v, g in zip(grid, value, grad, strict=True):
+        cdf = mp.ncdf(mp.mpf(zi))
+        exact_v, exact_g = float(mp.log(cdf)), float(mp.npdf(mp.mpf(zi)) / cdf)
+        if abs(exact_v) > 1e-300:
+            assert abs(v - exact_v) <= 1e-12 * abs(exact_v), (zi, v, exact_v)
+        assert abs(g - exact_g) <= 1e-12 * abs(exact_g), (zi, g, exact_g)
+
+
+def _uncacheable_numba_nodes(output, inputs):
+    """Nodes of a NUMBA-compiled graph that numba cannot cache (no cache key)."""
+    import pytensor
+    from pytensor.link.numba.dispatch.basic import numba_funcify_and_cache_key
+
+    f = pytensor.function(inputs, output, mode="NUMBA")
+    nodes = f.maker.fgraph.toposort()
+    return [n for n in nodes if numba_funcify_and_cache_key(n.op, node=n)[1] is None]
+
+
+def test_the_censored_likelihood_compiles_to_cacheable_numba():
+    """One uncacheable node makes numba recompile the model's whole log density in every
+    process; PyMC's normal log CDF (erfcx, called through a pointer into scipy) is one."""
+    import pytensor.tensor as pt
+
+    z = pt.dvector("z")
+    assert _uncacheable_numba_nodes(log_ndtr(z).sum(), [z]) == []
+    mu, bound = pt.dvector("mu"), pt.dvector("bound")
+    pymc_cdf = pm.logcdf(pm.Normal.dist(mu=mu, sigma=1.0), bound).sum()
+    assert _uncacheable_numba_nodes(pymc_cdf, [mu, bound]) != []
 
 
 def test_log_scale_error_refuses_nonpositive_concentrations(trial, spec):

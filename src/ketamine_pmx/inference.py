@@ -446,6 +446,42 @@ def censored_observations(spec: PKSpec, data: PKData) -> tuple[np.ndarray, np.nd
     return value, lower
 
 
+#: Below this z, log Phi(z) comes from its asymptotic series (erfc would underflow at -38).
+LOG_NDTR_SERIES_BELOW = -35.0
+
+
+def log_ndtr(z: Any) -> Any:
+    """log Phi(z), the standard normal log CDF, as a PyTensor graph, accurate for every z.
+
+    ``log(erfc(-z / sqrt 2) / 2)`` from ``LOG_NDTR_SERIES_BELOW`` to 0 (erfc is computed in
+    its tail without cancellation, so the relative accuracy holds far into the lower tail),
+    ``log1p(-erfc(z / sqrt 2) / 2)`` above 0 (where log Phi is -Phi(-z), tiny), the
+    asymptotic series ``-z^2/2 - log(-z sqrt(2 pi)) + log(1 - 1/z^2 + 3/z^4 - ...)`` below it
+    (eight terms: truncation below 1e-17 relative at z = -35). Each branch sees a clamped
+    input, so neither leaks a non-finite value into the gradient. Written with ``erfc``
+    rather than PyMC's ``erfcx``-based ``normcdf``: numba's ``erfcx`` calls into scipy
+    through a pointer, which makes the whole compiled log density uncacheable (every fit
+    would then recompile it from scratch; see ``benchmarks/README.md``).
+    """
+    z = pt.as_tensor_variable(z)
+    tail = z < LOG_NDTR_SERIES_BELOW
+    z_hi = pt.maximum(z, LOG_NDTR_SERIES_BELOW)
+    z_lo = pt.minimum(z, LOG_NDTR_SERIES_BELOW)
+    upper = z > 0.0
+    by_erfc = pt.switch(
+        upper,  # log(1 - Phi(-z)): keeps the relative accuracy of a log CDF near 0
+        pt.log1p(-0.5 * pt.erfc(pt.maximum(z, 0.0) / np.sqrt(2.0))),
+        pt.log(0.5 * pt.erfc(-pt.minimum(z_hi, 0.0) / np.sqrt(2.0))),
+    )
+    inv2 = 1.0 / (z_lo * z_lo)
+    series, term = 1.0, 1.0
+    for k in range(1, 9):
+        term = -term * (2 * k - 1) * inv2
+        series = series + term
+    by_series = -0.5 * z_lo * z_lo - pt.log(-z_lo) - 0.5 * np.log(2.0 * np.pi) + pt.log(series)
+    return pt.switch(tail, by_series, by_erfc)
+
+
 def _likelihood(spec: PKSpec, data: PKData, pred: Any, observed: bool) -> None:
     a_idx = data.obs["ANALYTE"].map({a: k for k, a in enumerate(data.analytes)}).to_numpy()
     value, lower = censored_observations(spec, data)
@@ -476,7 +512,7 @@ def _likelihood(spec: PKSpec, data: PKData, pred: Any, observed: bool) -> None:
             out = pt.set_subtensor(out[seen], dens)
         if censored.size:
             rows = censored
-            below = pm.logcdf(pm.Normal.dist(mu=mu[rows], sigma=sd[rows]), bound[rows])
+            below = log_ndtr((bound[rows] - mu[rows]) / sd[rows])
             # as pm.Censored: a censored row has probability mass only at its bound
             below = pt.switch(pt.eq(y[rows], bound[rows]), below, -np.inf)
             out = pt.set_subtensor(out[rows], below)
