@@ -17,6 +17,7 @@ from ketamine_pmx.inference import (
     build_pk_model,
     censored_observations,
     centred_subjects,
+    compare_with_truth,
     diagnostics_table,
     eta_shrinkage,
     fit_pk,
@@ -357,3 +358,26 @@ def test_diagnostics_table_and_a_short_run_fails_the_gate(smoke_fit):
     # 2 x 150 draws cannot reach 400 effective samples: the gate must say so.
     failures = gate(table, stats, GATE)
     assert any(f.startswith("ess_bulk") for f in failures)
+
+
+def test_compare_with_truth_reports_the_population_and_the_realised_values():
+    import arviz as az
+
+    rng = np.random.default_rng(3)
+    post = {
+        "log_cl_pop": np.log(10.0) + 0.05 * rng.standard_normal((2, 2000, 2)),
+        "omega_cl": 0.3 + 0.01 * rng.standard_normal((2, 2000, 2)),
+    }
+    idata = az.from_dict(
+        posterior=post, dims={k: ["chain_"] for k in post}, coords={"chain_": ["S", "R"]}
+    )
+    truth = {"log_cl_pop[S]": 10.0, "log_cl_pop[R]": 11.0, "omega_cl[S]": 0.3, "absent[S]": 1.0}
+    sample = {"log_cl_pop[S]": 9.5, "log_cl_pop[R]": 10.2, "omega_cl[S]": 0.31}
+    table = compare_with_truth(idata, truth, sample_truth=sample).set_index("parameter")
+    assert list(table.index) == ["cl_pop[S]", "cl_pop[R]", "omega_cl[S]"]  # absent: skipped
+    # exp of N(log 10, 0.05): the 90% interval is about 9.2 to 10.9
+    assert table["inside"].tolist() == [True, False, True]
+    assert table["inside_sample"].tolist() == [True, True, True]
+    assert table.loc["cl_pop[R]", "sample_truth"] == 10.2
+    assert table.loc["cl_pop[S]", "q5"] == pytest.approx(10 * np.exp(-1.645 * 0.05), rel=0.01)
+    assert "sample_truth" not in compare_with_truth(idata, truth).columns

@@ -21,6 +21,8 @@ from ketamine_pmx.simulate import (
     draw_pk_parameters,
     integrate_pk,
     load_parameters,
+    pk_truth,
+    sample_pk_truth,
     simulate_trial,
     system_matrix,
     time_course,
@@ -319,6 +321,45 @@ def test_truth_file_describes_itself(tmp_path, trial):
     assert set(pop["response_by_arm"]) == {"MDD", "CRPS_OUT", "CRPS_IN"}
     subjects = pd.read_csv(paths["subjects"])
     assert {"P_RESPONSE", "AUC_HNK", "S_cl", "R_cl_hnk", "RESPONDER"} <= set(subjects.columns)
+
+
+def test_sample_truth_is_what_the_subjects_true_parameters_say(trial):
+    """The trial's realised values, recomputed from the subjects' individual parameters (not
+    from the effect columns the function reads)."""
+    pop, subj = trial.population, trial.subjects
+    pk = pop["parameters"]["pk"]
+    sample, truth = sample_pk_truth(pop, subj), pk_truth(pop)
+    assert sample.keys() == truth.keys()
+    wt = subj["WT"].to_numpy() / 70.0
+    nm = subj["CYP2B6_CLASS"].to_numpy() == "NM"
+    im = subj["CYP2B6_CLASS"].to_numpy() == "IM"
+    assert nm.any() and im.any()
+    shift = []
+    for c, p in pk["enantiomers"].items():
+        for name, col, typical, power in [
+            ("q", "q", p["q"], 0.75),
+            ("vc", "vc", p["vc"], 1.0),
+            ("cl_hnk", "cl_hnk", p["cl_hnk"], 0.75),
+        ]:
+            log_dev = np.log(subj[f"{c}_{col}"].to_numpy() / (typical * wt**power))
+            assert sample[f"log_{name}_pop[{c}]"] == pytest.approx(
+                typical * np.exp(log_dev.mean()), rel=1e-9
+            )
+            assert sample[f"omega_{name}[{c}]"] == pytest.approx(log_dev.std(ddof=1), rel=1e-9)
+        clf = subj[f"{c}_clf"].to_numpy() / (p["fm_nk"] * p["cl"] * wt**0.75)
+        mult = subj["CYP2B6_CLASS"].map(pk["cyp2b6_clf_multiplier"]).to_numpy()
+        log_dev = np.log(clf / mult)
+        assert sample[f"log_cl_f_pop[{c}]"] == pytest.approx(
+            p["fm_nk"] * p["cl"] * np.exp(log_dev[nm].mean()), rel=1e-9
+        )
+        shift.append(log_dev[im].mean() - log_dev[nm].mean())
+        s_r = [np.log(subj[f"{e}_vp"].to_numpy() / wt) for e in ("S", "R")]
+        assert sample["rho_vp"] == pytest.approx(np.corrcoef(*s_r)[0, 1], rel=1e-9)
+        assert sample[f"logit_fm_hnk_pop[{c}]"] == truth[f"logit_fm_hnk_pop[{c}]"]
+    assert sample["e_cyp2b6[IM]"] == pytest.approx(0.65 * np.exp(np.mean(shift)), rel=1e-9)
+    assert sample["sigma_prop[S_HNK]"] == truth["sigma_prop[S_HNK]"]
+    # 14 subjects: the realised values are not the population's
+    assert sample["log_q_pop[S]"] != pytest.approx(truth["log_q_pop[S]"], rel=1e-3)
 
 
 def test_bad_parameter_file_is_refused(tmp_path, params):

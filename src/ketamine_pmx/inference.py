@@ -758,14 +758,19 @@ def describe(idata: az.InferenceData) -> str:
 
 
 def compare_with_truth(
-    idata: az.InferenceData, truth: dict[str, float], prob: float = 0.90
+    idata: az.InferenceData,
+    truth: dict[str, float],
+    prob: float = 0.90,
+    sample_truth: dict[str, float] | None = None,
 ) -> pd.DataFrame:
     """Posterior mean and central interval of each parameter against a known true value.
 
     ``truth`` maps a posterior element (``"log_cl_f_pop[S]"``, ``"omega_cl[R]"``, ...) to its
     true value *on the natural scale* (``log_`` and ``logit_`` variables are compared after
     exp / inverse-logit; ``e_cyp2b6`` as the multiplier exp(e)). Elements missing from the
-    posterior are skipped.
+    posterior are skipped. ``sample_truth`` (same keys; e.g.
+    :func:`ketamine_pmx.simulate.sample_pk_truth`, the values realised in the trial's
+    subjects) adds the columns ``sample_truth`` and ``inside_sample``.
     """
     post = idata.posterior
     lo, hi = (1 - prob) / 2, 1 - (1 - prob) / 2
@@ -796,4 +801,8 @@ def compare_with_truth(
                 "inside": bool(q_lo <= true <= q_hi),
             }
         )
+        if sample_truth is not None:
+            realised = sample_truth.get(element, np.nan)
+            rows[-1]["sample_truth"] = realised
+            rows[-1]["inside_sample"] = bool(q_lo <= realised <= q_hi)
     return pd.DataFrame(rows)

@@ -895,6 +895,50 @@ def pk_truth(population: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def sample_pk_truth(population: dict[str, Any], subjects: pd.DataFrame) -> dict[str, float]:
+    """The true PK values *of this trial's subjects*: :func:`pk_truth` with each value that
+    depends on the subject effects drawn replaced by its realised value.
+
+    A population value is estimable from one trial only up to the chance in its subjects'
+    effects (a typical clearance to about omega / sqrt(n)). This is what an estimator that saw
+    every subject's true parameters would report, the reference for the method's own error
+    (as an NONMEM or Monolix simulation-estimation study reports against the simulated
+    individuals): per BSV group, the typical values times exp of the mean effect; for cl_f,
+    whose typical value is the CYP2B6 normal metaboliser's, the class means give the typical
+    value (NM) and the multipliers; omegas are the SDs of the effects (about their mean, as the
+    model centres them on its estimated typical value), rho the S/R correlation of the effects.
+    Formation fractions and residual SDs have no subject-level draw and keep their values.
+    ``subjects`` is ``truth_subjects.csv`` (its ``eta_<enantiomer>_<group>`` and
+    ``CYP2B6_CLASS`` columns).
+    """
+    pk = population["parameters"]["pk"]
+    out = pk_truth(population)
+    cls = subjects["CYP2B6_CLASS"].to_numpy()
+    for group in pk["omega"]:
+        etas = {}
+        for c in pk["enantiomers"]:
+            eta = subjects[f"eta_{c}_{group}"].to_numpy(float)
+            etas[c] = eta
+            out[f"omega_{group}[{c}]"] = float(eta.std(ddof=1))
+            if group == "cl":
+                nm = eta[cls == "NM"].mean()
+                out[f"log_cl_f_pop[{c}]"] *= float(np.exp(nm))
+                out[f"log_cl_o_pop[{c}]"] *= float(np.exp(eta.mean()))
+            else:
+                out[f"log_{group}_pop[{c}]"] *= float(np.exp(eta.mean()))
+        s_eta, r_eta = (etas[c] for c in ("S", "R"))
+        if s_eta.std() > 0 and r_eta.std() > 0:
+            out[f"rho_{group}"] = float(np.corrcoef(s_eta, r_eta)[0, 1])
+    # The class multipliers as the model sees them: the class's mean cl effect against the
+    # normal metabolisers' (the S and R effects of one subject are drawn together; averaged).
+    eta_cl = np.mean([subjects[f"eta_{c}_cl"].to_numpy(float) for c in pk["enantiomers"]], axis=0)
+    for c_name, mult in pk["cyp2b6_clf_multiplier"].items():
+        if c_name != "NM" and (cls == c_name).any() and (cls == "NM").any():
+            shift = eta_cl[cls == c_name].mean() - eta_cl[cls == "NM"].mean()
+            out[f"e_cyp2b6[{c_name}]"] = mult * float(np.exp(shift))
+    return out
+
+
 def trial_summary(trial: SimulatedTrial) -> str:
     """A few lines on a simulated trial: subjects, observations, BLQ share, response rates."""
     d = trial.data
