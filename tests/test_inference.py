@@ -121,10 +121,15 @@ def with_bsv(spec, **bsv):
 
 
 @pytest.mark.parametrize(
-    ("how", "correlation"),
-    [("centred", "none"), ("partial", "none"), ("partial", "enantiomer")],
+    ("how", "correlation", "kept"),
+    [
+        ("centred", "none", []),
+        ("partial", "none", []),
+        ("partial", "enantiomer", []),
+        ("partial", "enantiomer", ["vp", "cl_hnk"]),
+    ],
 )
-def test_centred_parameterisations_are_the_same_model(trial, spec, how, correlation):
+def test_centred_parameterisations_are_the_same_model(trial, spec, how, correlation, kept):
     """Same etas, same model: the data term is identical and the priors differ only by the
     change of variables theta = mean + eta against eta = L z (log |d theta / d z| = log det L
     for every centred subject: sum of log omega, plus log sqrt(1 - rho^2) when S and R effects
@@ -132,7 +137,13 @@ def test_centred_parameterisations_are_the_same_model(trial, spec, how, correlat
     """
     table, _ = trial
     data = prepare_pk_data(table, spec)
-    other = with_bsv(spec, parameterisation=how, centred_min_samples=8, correlation=correlation)
+    other = with_bsv(
+        spec,
+        parameterisation=how,
+        centred_min_samples=8,
+        correlation=correlation,
+        noncentred_groups=kept,
+    )
     centred = centred_subjects(data, other.spec["bsv"])
     if how == "partial":  # the smoke trial's MDD patients are rich, the CRPS arms sparse
         arm = table.drop_duplicates("ID").set_index("ID").loc[data.subjects, "ARM"].to_numpy()
@@ -160,15 +171,17 @@ def test_centred_parameterisations_are_the_same_model(trial, spec, how, correlat
     # The same etas in the centred model: theta = (its mean) + eta for the centred subjects.
     ce_point = {k: v for k, v in point.items() if k in {v.name for v in ce.value_vars}}
     rich, sparse = np.flatnonzero(centred), np.flatnonzero(~centred)
-    for g in GROUPS:
+    centring = [g for g in GROUPS if g not in kept]  # kept groups: non-centred, same z
+    assert {f"theta_{g}" for g in kept}.isdisjoint(v.name for v in ce.value_vars)
+    for g in centring:
         if sparse.size:
             ce_point[f"z_{g}"] = point[f"z_{g}"][sparse]
         ce_point[f"theta_{g}"] = np.zeros((rich.size, 2))
     means = evaluate(
-        ce, [ce[f"theta_{g}"] - ce[f"eta_{g}"][rich] for g in GROUPS], ce_point
+        ce, [ce[f"theta_{g}"] - ce[f"eta_{g}"][rich] for g in centring], ce_point
     )  # theta - eta at theta = 0 is the mean (eta = theta - mean)
-    for g, e, m in zip(GROUPS, eta, means, strict=True):
-        ce_point[f"theta_{g}"] = m + e[rich]
+    for g, m in zip(centring, means, strict=True):
+        ce_point[f"theta_{g}"] = m + eta[GROUPS.index(g)][rich]
     eta_ce = evaluate(ce, [ce[f"eta_{g}"] for g in GROUPS], ce_point)
     for a, b in zip(eta, eta_ce, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
@@ -177,7 +190,8 @@ def test_centred_parameterisations_are_the_same_model(trial, spec, how, correlat
     assert loglik_ce == pytest.approx(loglik_nc, rel=1e-10)
     jacobian = sum(
         rich.size * (np.log(w).sum() + 0.5 * np.log(1 - r**2))
-        for w, r in zip(omega, rho, strict=True)
+        for g, w, r in zip(GROUPS, omega, rho, strict=True)
+        if g not in kept
     )
     assert ce.compile_logp()(ce_point) == pytest.approx(
         nc.compile_logp()(point) - jacobian, rel=1e-10
@@ -189,6 +203,13 @@ def test_enantiomer_correlation_needs_two_enantiomers():
     raw = copy.deepcopy(load_pk_spec(MODELS / "pk_racemic_2cmt_metab.yaml").spec)
     raw["bsv"]["correlation"] = "enantiomer"
     with pytest.raises(SpecError, match=r"bsv\.correlation.*one chain"):
+        validate_spec(raw, "models/x.yaml")
+
+
+def test_noncentred_groups_must_be_bsv_groups(spec):
+    raw = copy.deepcopy(spec.spec)
+    raw["bsv"]["noncentred_groups"] = ["q"]  # the default model has no BSV on q
+    with pytest.raises(SpecError, match=r"bsv\.noncentred_groups: 'q' is not a BSV group"):
         validate_spec(raw, "models/x.yaml")
 
 

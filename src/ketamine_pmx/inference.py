@@ -320,6 +320,7 @@ def _subject_effects(
     individual (log or logit) value of the group's reference parameter, theta ~ Normal(mean,
     omega), is sampled with its covariate-adjusted typical value ``means[group]`` as the
     mean (NONMEM's MU referencing), and eta = theta - mean. Same model, other geometry.
+    The groups of ``cfg["noncentred_groups"]`` are non-centred for every subject.
     With ``correlation: enantiomer`` each group's S and R effects are bivariate normal with
     correlation rho_<group> (LKJ prior): eta = L z, L the Cholesky factor of the 2 x 2
     covariance; the full ``lkj`` block correlates every effect with every other.
@@ -342,10 +343,11 @@ def _subject_effects(
             cols = block[:, k * len(chains) : (k + 1) * len(chains)]
             etas[g] = pm.Deterministic(f"eta_{g}", cols, dims=("subject", "enantiomer"))
         return etas
-    rich = np.flatnonzero(centred)
-    sparse = np.flatnonzero(~centred)
     paired = cfg["correlation"] == "enantiomer"
     for g in groups:
+        # bsv.noncentred_groups: weakly informed groups stay non-centred for every subject
+        rich_subjects = centred & (g not in cfg.get("noncentred_groups", []))
+        rich, sparse = np.flatnonzero(rich_subjects), np.flatnonzero(~rich_subjects)
         omega = pm.HalfNormal(f"omega_{g}", cfg["omega_prior_sd"], dims="enantiomer")
         chol = None
         if paired:  # (S, R) effects correlated: LKJ(eta) on a 2 x 2 is Beta(eta, eta) on (rho+1)/2

@@ -147,6 +147,15 @@ def validate_spec(raw: Any, source: str) -> dict[str, Any]:
                 f"parameters.{name}: a fixed parameter cannot have between-subject variability"
             )
     bsv = spec.get("bsv", {})
+    groups = {
+        par.get("bsv_group") or name for name, par in spec["parameters"].items() if par.get("bsv")
+    }
+    for g in bsv.get("noncentred_groups", []):
+        if g not in groups:
+            problems.append(
+                f"bsv.noncentred_groups: {g!r} is not a BSV group of this model "
+                f"(groups: {sorted(groups)})"
+            )
     if (
         bsv.get("correlation") == "lkj"
         and bsv.get("parameterisation", "noncentred") != "noncentred"
