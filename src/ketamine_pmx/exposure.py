@@ -33,11 +33,11 @@ import xarray as xr
 from scipy.special import expit
 
 from .contract import CYP2B6_CLASSES, EVID_DOSE
-from .inference import _chain_conc, bsv_groups, chain_doses, tile_doses, tile_subjects
+from .inference import _chain_conc, chain_doses, tile_doses, tile_subjects
 from .io import atomic_path
 from .outcomes import primary_times
 from .pk import Metabolite, build_layout, np_conc_ng_ml
-from .specs import CHAIN_ANALYTES, PKSpec
+from .specs import CHAIN_ANALYTES, PKSpec, bsv_groups
 
 #: Sums of enantiomers reported for enantiomer models (by chain level).
 SUM_ANALYTES = ("KET", "NK", "HNK")
@@ -139,7 +139,7 @@ def individual_parameters(
 def _etas(
     spec: PKSpec, post: xr.Dataset, n_subj: int, eta: Any, rng: np.random.Generator | None
 ) -> dict[str, np.ndarray]:
-    groups = list(bsv_groups(spec))
+    groups = list(bsv_groups(spec.parameters))
     n_s, n_c = post.sizes["sample"], len(spec.chains)
     if isinstance(eta, dict):
         return {g: np.asarray(eta[g], float) for g in groups}

@@ -49,7 +49,7 @@ from .contract import (
 from .io import atomic_path, write_csv, write_json
 from .pk import DoseObsLayout, Metabolite, build_layout, np_conc_ng_ml, pt_conc_ng_ml
 from .sampling import run_nuts
-from .specs import PKSpec
+from .specs import PKSpec, bsv_groups
 
 #: Effects relative to normal metabolisers.
 CYP2B6_EFFECT_CLASSES = tuple(c for c in CYP2B6_CLASSES if c != "NM")
@@ -260,7 +260,7 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
                 lin = lin + cyp_effect[:, None]
             means[name] = lin
 
-        group_means = {g: means[first] for g, first in bsv_groups(spec).items()}
+        group_means = {g: means[first] for g, first in bsv_groups(spec.parameters).items()}
         centred = centred_subjects(data, bsv_cfg)
         etas = _subject_effects(list(group_means), chains, n_subj, bsv_cfg, group_means, centred)
 
@@ -276,16 +276,6 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
         pred = _chain_conc(spec, data.layout, flat)
         _likelihood(spec, data, pred, observed)
     return model
-
-
-def bsv_groups(spec: PKSpec) -> dict[str, str]:
-    """BSV groups in spec order, each with its first parameter (the one whose individual value
-    the centred parameterisation samples; the group's other parameters share its eta)."""
-    groups: dict[str, str] = {}
-    for name, par in spec.parameters.items():
-        if par["bsv"]:
-            groups.setdefault(par.get("bsv_group") or name, name)
-    return groups
 
 
 def centred_subjects(data: PKData, cfg: dict[str, Any]) -> np.ndarray:
@@ -346,7 +336,7 @@ def _subject_effects(
     paired = cfg["correlation"] == "enantiomer"
     for g in groups:
         # bsv.noncentred_groups: weakly informed groups stay non-centred for every subject
-        rich_subjects = centred & (g not in cfg.get("noncentred_groups", []))
+        rich_subjects = centred & (g not in cfg["noncentred_groups"])
         rich, sparse = np.flatnonzero(rich_subjects), np.flatnonzero(~rich_subjects)
         omega = pm.HalfNormal(f"omega_{g}", cfg["omega_prior_sd"], dims="enantiomer")
         chol = None

@@ -27,7 +27,7 @@ from scipy.special import logit
 
 from .contract import CYP2B6_CLASSES
 from .response import PREFIX, ResponseSpec
-from .specs import PKSpec
+from .specs import PKSpec, bsv_groups
 
 CYP_EFFECT_CLASSES = CYP2B6_CLASSES[1:]
 
@@ -76,16 +76,12 @@ def oracle_pk_posterior(
                 ("draw", "enantiomer"),
                 _draws(np.log(truth[name]), n_draws, jitter, rng),
             )
-        group = par.get("bsv_group") or name
-        if par["bsv"] and f"omega_{group}" not in data:
-            omega = pk["omega"].get(group, 0.0)
-            data[f"omega_{group}"] = (
-                ("draw", "enantiomer"),
-                np.full((n_draws, len(chains)), float(omega)),
-            )
-            if spec.spec["bsv"]["correlation"] == "enantiomer":
-                rho = float(pk["enantiomer_eta_correlation"])
-                data[f"rho_{group}"] = (("draw",), np.full(n_draws, rho))
+    for group in bsv_groups(spec.parameters):
+        omega = float(pk["omega"].get(group, 0.0))
+        data[f"omega_{group}"] = (("draw", "enantiomer"), np.full((n_draws, len(chains)), omega))
+        if spec.spec["bsv"]["correlation"] == "enantiomer":
+            rho = float(pk["enantiomer_eta_correlation"])
+            data[f"rho_{group}"] = (("draw",), np.full(n_draws, rho))
     if spec.spec["covariates"].get("cyp2b6"):
         mult = pk["cyp2b6_clf_multiplier"]
         data["e_cyp2b6"] = (

@@ -106,6 +106,17 @@ def required_parameters(structure: dict[str, Any]) -> set[str]:
     return need
 
 
+def bsv_groups(parameters: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """BSV groups of a spec's (validated) ``parameters`` in spec order, each with its first
+    parameter (the one whose individual value the centred parameterisation samples; the
+    group's other parameters share its eta)."""
+    groups: dict[str, str] = {}
+    for name, par in parameters.items():
+        if par["bsv"]:
+            groups.setdefault(par.get("bsv_group") or name, name)
+    return groups
+
+
 def validate_spec(raw: Any, source: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a model specification must be a mapping")
@@ -147,9 +158,7 @@ def validate_spec(raw: Any, source: str) -> dict[str, Any]:
                 f"parameters.{name}: a fixed parameter cannot have between-subject variability"
             )
     bsv = spec.get("bsv", {})
-    groups = {
-        par.get("bsv_group") or name for name, par in spec["parameters"].items() if par.get("bsv")
-    }
+    groups = bsv_groups(spec["parameters"])
     for g in bsv.get("noncentred_groups", []):
         if g not in groups:
             problems.append(
