@@ -5,16 +5,24 @@ virtual trial is simulated with the default truth and seed, validated through th
 contract, and the default PK model (models/pk_2cmt_metab.yaml) is fitted with each backend,
 every fit in its own process (so peak memory is that fit's). Recorded per fit: compile seconds,
 sampling seconds (tuning + draws), min bulk and tail ESS over the population parameters, min
-bulk ESS per sampling second, seconds per effective sample, divergences, max R-hat and the
-fit's peak resident memory. The table goes to benchmarks/results/pk_fit.csv with the machine
+bulk ESS per sampling second, seconds per effective sample, divergences, leapfrog steps per
+draw, max R-hat and the fit's peak resident memory. The Stan program
+(benchmarks/stan/) is written with non-centred subject effects, so its fits use the spec with
+``bsv.parameterisation: noncentred`` (the same posterior); ``--parameterisation noncentred``
+runs every backend that way, for a like-for-like sampler comparison. The table goes to benchmarks/results/pk_fit.csv with the machine
 and the command; the scaling exponent of seconds per effective sample against subjects
 (least squares on log-log, per backend) and the nutpie/Stan ESS-per-second ratio go to
-benchmarks/results/pk_fit_summary.json.
+benchmarks/results/pk_fit_summary.json. ``--include`` adds the rows of earlier runs of the same
+protocol (model, draws, tuning, chains, cores, target acceptance, mass matrix: read from each
+row's recorded command, and refused when any differs) to the summary, so that one long sweep
+can be run in parts.
 
 Usage (defaults: the issue's protocol, 4 chains x 1000 draws after 1000 tuning, 2 cores):
 
     python benchmarks/pk_fit.py
     python benchmarks/pk_fit.py --sizes 50 100 --backends nutpie --draws 500 --tune 500
+    python benchmarks/pk_fit.py --sizes 50 100 400 --tune 300 --target-accept 0.8 \
+        --backends nutpie --include benchmarks/results/pk_fit_default_trial.csv
 
 Stan needs the ``bench`` extra (``pip install -e '.[bench]'``); it is skipped, with a note,
 when pystan is not installed.
@@ -23,6 +31,7 @@ when pystan is not installed.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -79,10 +88,16 @@ def run_one(args: argparse.Namespace) -> dict:
         population_variables,
         run_statistics,
     )
-    from ketamine_pmx.specs import load_pk_spec
+    from ketamine_pmx.specs import PKSpec, load_pk_spec, validate_spec
 
     table = make_table(args.one_size, args.trial_seed)
     spec = load_pk_spec(REPO / "models" / f"{args.model}.yaml")
+    # The Stan program is written non-centred: the same posterior in other free variables.
+    how = "noncentred" if args.one_backend == "stan" else args.parameterisation
+    if how is not None and how != spec.spec["bsv"]["parameterisation"]:
+        raw = copy.deepcopy(spec.spec)
+        raw["bsv"]["parameterisation"] = how
+        spec = PKSpec(spec.name, spec.path, validate_spec(raw, spec.path), spec.sha256)
     sampler = {
         "backend": args.one_backend,
         "draws": args.draws,
@@ -97,7 +112,13 @@ def run_one(args: argparse.Namespace) -> dict:
         from run_stan import fit_stan
 
         out = fit_stan(
-            table, spec, chains=args.chains, draws=args.draws, tune=args.tune, seed=args.seed
+            table,
+            spec,
+            chains=args.chains,
+            draws=args.draws,
+            tune=args.tune,
+            seed=args.seed,
+            target_accept=args.target_accept,
         )
         idata, compile_s, sampling_s = out["idata"], out["compile_s"], out["sampling_s"]
     else:
@@ -112,6 +133,7 @@ def run_one(args: argparse.Namespace) -> dict:
         "subjects": args.one_size,
         "backend": args.one_backend,
         "observations": int(idata.observed_data["y"].size),
+        "parameterisation": spec.spec["bsv"]["parameterisation"],
         "compile_s": round(float(compile_s), 2),
         "sampling_s": round(float(sampling_s), 2),
         "min_ess_bulk": round(ess_bulk, 1),
@@ -121,12 +143,53 @@ def run_one(args: argparse.Namespace) -> dict:
         "s_per_ess": round(float(sampling_s) / ess_bulk, 4),
         "max_rhat": round(float(params["r_hat"].max()), 4),
         "divergences": stats["divergences"],
+        # leapfrog steps (gradient evaluations) per draw after tuning, mean over chains
+        "steps_per_draw": (
+            round(float(idata.sample_stats["n_steps"].mean()), 1)
+            if "n_steps" in idata.sample_stats
+            else float("nan")
+        ),
         # Stan's chains run in worker processes: count the largest of them too.
         "peak_rss_mb": round(
             max(resource.getrusage(who).ru_maxrss for who in (RUSAGE_SELF, RUSAGE_CHILDREN)) / 1024,
             1,
         ),
     }
+
+
+PROTOCOL = (
+    "model",
+    "draws",
+    "tune",
+    "chains",
+    "cores",
+    "target_accept",
+    "diagonal",
+    "parameterisation",
+)
+
+
+def protocol(args: argparse.Namespace) -> dict:
+    """What must match for two fits' seconds per effective sample to be compared."""
+    return {k: getattr(args, k) for k in PROTOCOL}
+
+
+def included_rows(paths: list[Path], parser: argparse.ArgumentParser, want: dict) -> pd.DataFrame:
+    """Rows of earlier runs whose recorded command ran the protocol ``want``; else an error."""
+    frames = []
+    for path in paths:
+        rows = pd.read_csv(path)
+        for i, command in enumerate(rows["command"]):
+            words = shlex.split(command)
+            got = protocol(parser.parse_args(words[words.index("benchmarks/pk_fit.py") + 1 :]))
+            diff = {k: (got[k], want[k]) for k in PROTOCOL if got[k] != want[k]}
+            if diff:
+                raise SystemExit(
+                    f"{path}: row {i + 2} was run with another protocol "
+                    f"(field: (its value, this run's)): {diff}"
+                )
+        frames.append(rows)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def scaling_exponent(rows: pd.DataFrame) -> float:
@@ -159,9 +222,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--target-accept", type=float, default=0.9)
     p.add_argument("--diagonal", action="store_true", help="nutpie: diagonal mass matrix only")
+    p.add_argument(
+        "--parameterisation",
+        choices=["noncentred", "centred", "partial"],
+        help="subject effects (default: the spec's; Stan always runs non-centred)",
+    )
     p.add_argument("--seed", type=int, default=1, help="sampler seed")
     p.add_argument("--trial-seed", type=int, default=20261121, help="simulator seed")
     p.add_argument("--out", type=Path, default=HERE / "results" / "pk_fit.csv")
+    p.add_argument(
+        "--include",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="CSV files of earlier runs of the same protocol, merged into the summary",
+    )
     p.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--one-backend", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -171,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     command = "python benchmarks/pk_fit.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    earlier = included_rows(args.include, p, protocol(args))  # before any expensive work
     rows, notes = [], []
     for size in args.sizes:
         for backend in args.backends:
@@ -204,6 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
     summary: dict = {"command": command, "machine": machine(), "notes": notes}
+    if len(earlier):
+        new = set(zip(table["subjects"], table["backend"], strict=True))
+        keep = [
+            (s, b) not in new for s, b in zip(earlier["subjects"], earlier["backend"], strict=True)
+        ]
+        summary["included"] = sorted({str(p) for p in args.include})
+        table = pd.concat([table, earlier[keep]], ignore_index=True)
     for backend, sub in table.groupby("backend"):
         summary[f"{backend}_s_per_ess_exponent"] = round(scaling_exponent(sub), 3)
     if {"nutpie", "stan"} <= set(table["backend"]):
