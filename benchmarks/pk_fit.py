@@ -264,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             proc = subprocess.run(child, capture_output=True, text=True, cwd=REPO)
             found = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
             if proc.returncode != 0 or not found:
-                notes.append(f"{backend} at {size} subjects failed: {proc.stderr.strip()[-400:]}")
+                err = proc.stderr.replace(f"{REPO}{os.sep}", "").strip()  # repository-relative
+                notes.append(f"{backend} at {size} subjects failed: {err[-400:]}")
                 print(notes[-1], file=sys.stderr)
                 continue
             row = json.loads(found[-1][4:])
