@@ -31,7 +31,6 @@ when pystan is not installed.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -88,16 +87,14 @@ def run_one(args: argparse.Namespace) -> dict:
         population_variables,
         run_statistics,
     )
-    from ketamine_pmx.specs import PKSpec, load_pk_spec, validate_spec
+    from ketamine_pmx.specs import load_pk_spec, with_bsv
 
     table = make_table(args.one_size, args.trial_seed)
     spec = load_pk_spec(REPO / "models" / f"{args.model}.yaml")
     # The Stan program is written non-centred: the same posterior in other free variables.
     how = "noncentred" if args.one_backend == "stan" else args.parameterisation
-    if how is not None and how != spec.spec["bsv"]["parameterisation"]:
-        raw = copy.deepcopy(spec.spec)
-        raw["bsv"]["parameterisation"] = how
-        spec = PKSpec(spec.name, spec.path, validate_spec(raw, spec.path), spec.sha256)
+    if how is not None:
+        spec = with_bsv(spec, parameterisation=how)
     sampler = {
         "backend": args.one_backend,
         "draws": args.draws,

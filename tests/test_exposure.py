@@ -9,7 +9,7 @@ import pymc as pm
 import pytest
 import scipy.stats as st
 from conftest import REPO, make_config
-from test_inference import true_parameters, with_bsv
+from test_inference import true_parameters
 
 from ketamine_pmx.data import load_dataset
 from ketamine_pmx.exposure import (
@@ -27,7 +27,7 @@ from ketamine_pmx.inference import (
 )
 from ketamine_pmx.outcomes import primary_times
 from ketamine_pmx.simulate import simulate_trial
-from ketamine_pmx.specs import load_pk_spec
+from ketamine_pmx.specs import load_pk_spec, with_bsv
 
 SPEC = load_pk_spec(REPO / "models" / "pk_2cmt_metab.yaml")
 

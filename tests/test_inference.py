@@ -30,7 +30,7 @@ from ketamine_pmx.inference import (
     save_idata,
 )
 from ketamine_pmx.simulate import simulate_trial
-from ketamine_pmx.specs import PKSpec, SpecError, load_pk_spec, validate_spec
+from ketamine_pmx.specs import SpecError, load_pk_spec, validate_spec, with_bsv
 
 MODELS = REPO / "models"
 GROUPS = ("cl", "vc", "vp", "cl_nk", "cl_hnk")
@@ -111,13 +111,6 @@ def evaluate(model, outputs, point):
     """Values of model expressions at a point of the model's free (value) variables."""
     outputs = model.replace_rvs_by_values(outputs)
     return model.compile_fn(outputs, inputs=model.value_vars, on_unused_input="ignore")(point)
-
-
-def with_bsv(spec, **bsv):
-    """The same specification with other subject-effect settings."""
-    raw = copy.deepcopy(spec.spec)
-    raw["bsv"].update(bsv)
-    return PKSpec(spec.name, spec.path, validate_spec(raw, spec.path), spec.sha256)
 
 
 @pytest.mark.parametrize(

@@ -15,12 +15,11 @@ import mpmath as mp
 import numpy as np
 import pytest
 from conftest import REPO, make_config
-from test_inference import with_bsv
 
 from ketamine_pmx.data import validate_frame
 from ketamine_pmx.inference import build_pk_model, prepare_pk_data
 from ketamine_pmx.simulate import simulate_trial
-from ketamine_pmx.specs import load_pk_spec
+from ketamine_pmx.specs import load_pk_spec, with_bsv
 
 stan = pytest.importorskip("stan")
 pytestmark = pytest.mark.slow

@@ -7,6 +7,7 @@ schema cannot express (every parameter the structure needs is there, none it can
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -202,5 +203,17 @@ def load_pk_spec(path: str | Path) -> PKSpec:
         raise SpecError(
             f"{path}: card.name {spec['card']['name']!r} must equal the file name {path.stem!r}"
         )
-    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-    return PKSpec(name=path.stem, path=str(path), spec=spec, sha256=digest)
+    return PKSpec(name=path.stem, path=str(path), spec=spec, sha256=_digest(spec))
+
+
+def _digest(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def with_bsv(spec: PKSpec, **bsv: Any) -> PKSpec:
+    """The same specification with other subject-effect settings (``bsv`` keys, validated
+    again, e.g. ``parameterisation="noncentred"``); its digest is that of the new settings."""
+    raw = copy.deepcopy(spec.spec)
+    raw["bsv"].update(bsv)
+    new = validate_spec(raw, spec.path)
+    return PKSpec(name=spec.name, path=spec.path, spec=new, sha256=_digest(new))
