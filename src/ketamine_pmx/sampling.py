@@ -38,10 +38,10 @@ class Nuts:
         self.compiled = None
         self.compile_seconds = 0.0
         if sampler["backend"] == "nutpie":
-            import nutpie
+            from .nutpie_compile import compile_pymc_model
 
             t0 = time.perf_counter()
-            self.compiled = nutpie.compile_pymc_model(model)
+            self.compiled = compile_pymc_model(model)  # nutpie's, entry points cached on disk
             self.compile_seconds = round(time.perf_counter() - t0, 3)
 
     def sample(self, seed: int, data: dict[str, Any] | None = None) -> NutsRun:

@@ -1,0 +1,202 @@
+"""nutpie's compiled PyMC model, with its C entry points cached on disk.
+
+``nutpie.compile_pymc_model`` (0.16) compiles the log density and its gradient with
+PyTensor's numba backend, then wraps the result in two ``numba.cfunc`` entry points (log
+density + gradient, and the expansion of a draw into the stored variables) that the Rust
+sampler calls. PyTensor caches its compiled function on disk, but nutpie's wrappers are
+closures over per-process objects, so numba cannot cache them: every process links the whole
+compiled log density into a new wrapper and runs LLVM's optimisation and code generation over
+all of it again, about 50 s for the default PK model on 2 cores.
+
+:func:`compile_pymc_model` builds the same compiled model (nutpie's own pieces: the PyTensor
+functions, the shared-data record, the extraction of shared arrays, the initial points), with
+the two entry points written as source code whose only free names are globals, compiled by
+``numba.cfunc(cache=True)`` under a key (PyTensor's cache key of each compiled function, the
+dimensions, the shared-data layout, nutpie's and numba's versions, this module's source).
+PyTensor's numba cache locator files them in PyTensor's cache directory under that key, so a
+second process compiling the same model loads them. The entry points return nutpie's status
+codes (0 success, 1 error, 3 non-finite gradient, 4 non-finite log density, -1 wrong
+dimension). A model whose PyTensor functions have no cache key (an Op without one), or an
+unexpected nutpie version, falls back to ``nutpie.compile_pymc_model``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import warnings
+from typing import Any
+
+#: nutpie versions whose internals this module uses.
+NUTPIE_VERSIONS = ("0.16.",)
+
+_LOGP_SRC = """
+def {name}(dim, x_, out_, logp_, user_data_):
+    if dim != N_DIM:
+        return -1
+    try:
+        x = numba.carray(x_, (N_DIM,))
+        out = numba.carray(out_, (N_DIM,))
+        logp = numba.carray(logp_, ())
+        logp_val, grad = extract(x, user_data_)
+        logp[()] = logp_val
+        out[...] = grad
+        if not np.all(np.isfinite(out)):
+            return 3
+        if not np.isfinite(logp_val):
+            return 4
+    except Exception:
+        return 1
+    return 0
+"""
+
+_EXPAND_SRC = """
+def {name}(dim, expanded, x_, out_, user_data_):
+    if dim != N_DIM:
+        return -1
+    if expanded != N_EXPANDED:
+        return -1
+    try:
+        x = numba.carray(x_, (N_DIM,))
+        out = numba.carray(out_, (N_EXPANDED,))
+        (values,) = extract(x, user_data_)
+        out[...] = values
+    except Exception:
+        return -2
+    return 0
+"""
+
+
+def supported() -> bool:
+    """True when the installed nutpie is a version whose internals this module knows."""
+    import nutpie
+
+    return nutpie.__version__.startswith(NUTPIE_VERSIONS)
+
+
+def _pytensor_key(fn: Any) -> str | None:
+    """PyTensor's numba cache key of a compiled function (None: not cacheable)."""
+    from pytensor.link.numba.cache import CACHED_SRC_FUNCTIONS
+
+    jit_fn = getattr(fn.vm, "jit_fn", None)
+    py_func = getattr(jit_fn, "py_func", None)
+    return None if py_func is None else CACHED_SRC_FUNCTIONS.get(py_func)
+
+
+def _entry_point(src: str, name: str, env: dict[str, Any], sig: Any, key: str) -> Any:
+    """``numba.cfunc`` of generated source, cached on disk under ``key``."""
+    import numba
+    from pytensor.link.numba.cache import compile_numba_function_src
+
+    py_func = compile_numba_function_src(src.format(name=name), name, global_env=env, cache_key=key)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=numba.NumbaWarning)
+        return numba.cfunc(sig, cache=True)(py_func)
+
+
+def compile_pymc_model(model: Any) -> Any:
+    """A ``nutpie`` compiled model of ``model`` (numba backend), entry points cached on disk.
+
+    Equivalent to ``nutpie.compile_pymc_model(model)`` with its defaults (support-point
+    initial values jittered, every variable stored).
+    """
+    import nutpie
+
+    if not supported():
+        return nutpie.compile_pymc_model(model)
+    import numba
+    import numpy as np
+    from nutpie import compile_pymc as cp
+    from pymc.initial_point import make_initial_point_fn
+
+    initial_point_fn = cp._wrap_with_lock(
+        make_initial_point_fn(
+            model=model,
+            overrides=None,
+            default_strategy="support_point",
+            jitter_rvs=set(model.free_RVs),
+            return_transformed=True,
+        )
+    )
+    n_dim, n_expanded, logp_fn_pt, expand_fn_pt, point_fn, shape_info = cp._make_functions(
+        model,
+        mode="NUMBA",
+        compute_grad=True,
+        join_expanded=True,
+        pymc_initial_point_fn=initial_point_fn,
+        var_names=None,
+    )
+    keys = (_pytensor_key(logp_fn_pt), _pytensor_key(expand_fn_pt))
+    if None in keys:  # some Op of the model has no cache key: nutpie's own (uncached) path
+        return nutpie.compile_pymc_model(model)
+
+    shared_data, shared_vars = {}, {}
+    for val in [*logp_fn_pt.get_shared(), *expand_fn_pt.get_shared()]:
+        if val.name in shared_data and val is not shared_vars[val.name]:
+            raise ValueError(f"Shared variables must have unique names: {val.name}")
+        shared_data[val.name] = np.array(val.get_value(), order="C", copy=True)
+        shared_vars[val.name] = val
+    for val in shared_data.values():
+        val.flags.writeable = False
+    user_data = cp.make_user_data(shared_vars, shared_data)
+    layout = [
+        (name, str(arr.dtype), arr.ndim, name in [v.name for v in logp_fn_pt.get_shared()])
+        for name, arr in shared_data.items()
+    ]
+    salt = (
+        nutpie.__version__,
+        numba.__version__,
+        hashlib.sha256(
+            inspect.getsource(inspect.getmodule(compile_pymc_model)).encode()
+        ).hexdigest(),
+        str(user_data.dtype),
+        tuple(layout),
+        n_dim,
+        n_expanded,
+    )
+
+    def key_of(kind: str, pytensor_key: str) -> str:
+        return hashlib.sha256(repr((kind, pytensor_key, salt)).encode()).hexdigest()
+
+    double, u64 = numba.types.double, numba.types.uint64
+    logp_names = [v.name for v in logp_fn_pt.get_shared()]
+    logp_extract = cp.make_extraction_fn(logp_fn_pt.vm.jit_fn, shared_data, logp_names, user_data.dtype)  # fmt: skip
+    logp_sig = numba.types.int64(u64, numba.types.CPointer(double), numba.types.CPointer(double), numba.types.CPointer(double), numba.types.voidptr)  # fmt: skip
+    # __name__: numba rebuilds a cached function's environment by importing its module
+    env = {"__name__": __name__, "numba": numba, "np": np, "N_DIM": n_dim, "N_EXPANDED": n_expanded}  # fmt: skip
+    logp_c = _entry_point(
+        _LOGP_SRC,
+        "nutpie_logp",
+        {**env, "extract": logp_extract},
+        logp_sig,
+        key_of("logp", keys[0]),
+    )
+    expand_names = [v.name for v in expand_fn_pt.get_shared()]
+    expand_extract = cp.make_extraction_fn(expand_fn_pt.vm.jit_fn, shared_data, expand_names, user_data.dtype)  # fmt: skip
+    expand_sig = numba.types.int64(u64, u64, numba.types.CPointer(double), numba.types.CPointer(double), numba.types.voidptr)  # fmt: skip
+    expand_c = _entry_point(
+        _EXPAND_SRC,
+        "nutpie_expand",
+        {**env, "extract": expand_extract},
+        expand_sig,
+        key_of("expand", keys[1]),
+    )
+    dims, coords = cp._prepare_dims_and_coords(model, shape_info)
+    return cp.CompiledPyMCModel(
+        _n_dim=n_dim,
+        dims=dims,
+        _coords=coords,
+        _shapes={name: tuple(shape) for name, _, shape in zip(*shape_info, strict=True)},
+        compiled_logp_func=logp_c,
+        compiled_expand_func=expand_c,
+        initial_point_func=point_fn,
+        shared_data=shared_data,
+        user_data=user_data,
+        n_expanded=n_expanded,
+        shape_info=shape_info,
+        logp_func=logp_fn_pt,
+        expand_func=expand_fn_pt,
+    )
+
+
+__all__ = ["NUTPIE_VERSIONS", "compile_pymc_model", "supported"]
