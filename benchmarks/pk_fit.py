@@ -103,6 +103,7 @@ def run_one(args: argparse.Namespace) -> dict:
         "cores": args.cores,
         "target_accept": args.target_accept,
         "low_rank_mass_matrix": not args.diagonal,
+        "max_depth": args.max_depth,
     }
     if args.one_backend == "stan":
         sys.path.insert(0, str(HERE / "stan"))
@@ -116,6 +117,7 @@ def run_one(args: argparse.Namespace) -> dict:
             tune=args.tune,
             seed=args.seed,
             target_accept=args.target_accept,
+            max_depth=args.max_depth,
         )
         idata, compile_s, sampling_s = out["idata"], out["compile_s"], out["sampling_s"]
     else:
@@ -163,6 +165,7 @@ PROTOCOL = (
     "target_accept",
     "diagonal",
     "parameterisation",
+    "max_depth",
 )
 
 
@@ -219,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--target-accept", type=float, default=0.9)
     p.add_argument("--diagonal", action="store_true", help="nutpie: diagonal mass matrix only")
+    p.add_argument(
+        "--max-depth", type=int, default=10, help="largest NUTS tree depth (all backends)"
+    )
     p.add_argument(
         "--parameterisation",
         choices=["noncentred", "centred", "partial"],

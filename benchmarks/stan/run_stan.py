@@ -419,6 +419,7 @@ def fit_stan(
     tune: int = 1000,
     seed: int = 1,
     target_accept: float = 0.9,
+    max_depth: int = 10,
 ) -> dict[str, Any]:
     """Build and sample the Stan model of ``spec`` on a clean table; times and diagnostics.
 
@@ -440,6 +441,7 @@ def fit_stan(
         num_samples=draws,
         num_warmup=tune,
         delta=target_accept,
+        max_depth=max_depth,
         init=initial_values(sdata, chains, seed),
         save_warmup=True,  # to count every gradient evaluation
     )

@@ -61,6 +61,7 @@ class Nuts:
                 seed=seed,
                 target_accept=s["target_accept"],
                 low_rank_modified_mass_matrix=s["low_rank_mass_matrix"],
+                maxdepth=s.get("max_depth", 10),
                 progress_bar=False,
             )
             compile_s = self.compile_seconds
@@ -69,7 +70,9 @@ class Nuts:
                 if data:
                     pm.set_data(data)
                 # The step method compiles the log density and its gradient: outside the timing.
-                step = pm.NUTS(target_accept=s["target_accept"])
+                step = pm.NUTS(
+                    target_accept=s["target_accept"], max_treedepth=s.get("max_depth", 10)
+                )
                 t1 = time.perf_counter()
                 idata = pm.sample(
                     step=step,

@@ -1,0 +1,40 @@
+"""ketamine_pmx.sampling: the config's sampler settings reach nutpie and PyMC's NUTS."""
+
+from __future__ import annotations
+
+import numpy as np
+import pymc as pm
+import pytest
+
+from ketamine_pmx.sampling import run_nuts
+
+
+def ill_conditioned() -> pm.Model:
+    """A correlated Gaussian whose long axis needs deep trees after a short warm-up."""
+    cov = np.array([[1.0, 0.995], [0.995, 1.0]])
+    with pm.Model() as model:
+        pm.MvNormal("x", mu=np.zeros(2), cov=cov)
+    return model
+
+
+def sampler(backend: str, **kw) -> dict:
+    base = {
+        "backend": backend,
+        "chains": 2,
+        "draws": 60,
+        "tune": 20,
+        "cores": 1,
+        "target_accept": 0.9,
+        "low_rank_mass_matrix": False,
+    }
+    return {**base, **kw}
+
+
+@pytest.mark.parametrize("backend", ["nutpie", "pymc"])
+def test_max_depth_caps_the_trajectories(backend):
+    free = run_nuts(ill_conditioned(), sampler(backend), seed=3).idata.sample_stats
+    capped = run_nuts(ill_conditioned(), sampler(backend, max_depth=2), seed=3).idata.sample_stats
+    assert int(free["tree_depth"].max()) > 2  # the cap below is not vacuous
+    assert int(capped["tree_depth"].max()) <= 2
+    if "n_steps" in capped:
+        assert int(capped["n_steps"].max()) <= 3
