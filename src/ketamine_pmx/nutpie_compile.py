@@ -139,10 +139,8 @@ def compile_pymc_model(model: Any) -> Any:
     for val in shared_data.values():
         val.flags.writeable = False
     user_data = cp.make_user_data(shared_vars, shared_data)
-    layout = [
-        (name, str(arr.dtype), arr.ndim, name in [v.name for v in logp_fn_pt.get_shared()])
-        for name, arr in shared_data.items()
-    ]
+    logp_names = {v.name for v in logp_fn_pt.get_shared()}
+    layout = [(name, str(arr.dtype), arr.ndim, name in logp_names) for name, arr in shared_data.items()]  # fmt: skip
     salt = (
         nutpie.__version__,
         numba.__version__,
@@ -154,33 +152,23 @@ def compile_pymc_model(model: Any) -> Any:
         n_dim,
         n_expanded,
     )
-
-    def key_of(kind: str, pytensor_key: str) -> str:
-        return hashlib.sha256(repr((kind, pytensor_key, salt)).encode()).hexdigest()
-
-    double, u64 = numba.types.double, numba.types.uint64
-    logp_names = [v.name for v in logp_fn_pt.get_shared()]
-    logp_extract = cp.make_extraction_fn(logp_fn_pt.vm.jit_fn, shared_data, logp_names, user_data.dtype)  # fmt: skip
-    logp_sig = numba.types.int64(u64, numba.types.CPointer(double), numba.types.CPointer(double), numba.types.CPointer(double), numba.types.voidptr)  # fmt: skip
     # __name__: numba rebuilds a cached function's environment by importing its module
     env = {"__name__": __name__, "numba": numba, "np": np, "N_DIM": n_dim, "N_EXPANDED": n_expanded}  # fmt: skip
-    logp_c = _entry_point(
-        _LOGP_SRC,
-        "nutpie_logp",
-        {**env, "extract": logp_extract},
-        logp_sig,
-        key_of("logp", keys[0]),
-    )
-    expand_names = [v.name for v in expand_fn_pt.get_shared()]
-    expand_extract = cp.make_extraction_fn(expand_fn_pt.vm.jit_fn, shared_data, expand_names, user_data.dtype)  # fmt: skip
-    expand_sig = numba.types.int64(u64, u64, numba.types.CPointer(double), numba.types.CPointer(double), numba.types.voidptr)  # fmt: skip
-    expand_c = _entry_point(
-        _EXPAND_SRC,
-        "nutpie_expand",
-        {**env, "extract": expand_extract},
-        expand_sig,
-        key_of("expand", keys[1]),
-    )
+    double, u64 = numba.types.double, numba.types.uint64
+    ptr = numba.types.CPointer(double)
+    sigs = {
+        "logp": numba.types.int64(u64, ptr, ptr, ptr, numba.types.voidptr),
+        "expand": numba.types.int64(u64, u64, ptr, ptr, numba.types.voidptr),
+    }
+
+    def entry_point(kind: str, fn_pt: Any, src: str, pytensor_key: str) -> Any:
+        names = [v.name for v in fn_pt.get_shared()]
+        extract = cp.make_extraction_fn(fn_pt.vm.jit_fn, shared_data, names, user_data.dtype)
+        key = hashlib.sha256(repr((kind, pytensor_key, salt)).encode()).hexdigest()
+        return _entry_point(src, f"nutpie_{kind}", {**env, "extract": extract}, sigs[kind], key)
+
+    logp_c = entry_point("logp", logp_fn_pt, _LOGP_SRC, keys[0])
+    expand_c = entry_point("expand", expand_fn_pt, _EXPAND_SRC, keys[1])
     dims, coords = cp._prepare_dims_and_coords(model, shape_info)
     return cp.CompiledPyMCModel(
         _n_dim=n_dim,

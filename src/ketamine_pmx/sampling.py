@@ -46,6 +46,7 @@ class Nuts:
 
     def sample(self, seed: int, data: dict[str, Any] | None = None) -> NutsRun:
         s = self.sampler
+        max_depth = s.get("max_depth", 10)  # the schema's default, for hand-made settings
         t0 = time.perf_counter()
         if self.compiled is not None:
             import nutpie
@@ -61,7 +62,7 @@ class Nuts:
                 seed=seed,
                 target_accept=s["target_accept"],
                 low_rank_modified_mass_matrix=s["low_rank_mass_matrix"],
-                maxdepth=s.get("max_depth", 10),
+                maxdepth=max_depth,
                 progress_bar=False,
             )
             compile_s = self.compile_seconds
@@ -70,9 +71,7 @@ class Nuts:
                 if data:
                     pm.set_data(data)
                 # The step method compiles the log density and its gradient: outside the timing.
-                step = pm.NUTS(
-                    target_accept=s["target_accept"], max_treedepth=s.get("max_depth", 10)
-                )
+                step = pm.NUTS(target_accept=s["target_accept"], max_treedepth=max_depth)
                 t1 = time.perf_counter()
                 idata = pm.sample(
                     step=step,
