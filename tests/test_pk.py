@@ -756,6 +756,45 @@ def test_layout_prunes_pairs_and_splits_infusions():
     assert np.all(conc[[1, 2, 4]] > 0)
 
 
+def test_repeated_infusions_share_their_end_of_infusion_state():
+    """Infusions of one subject with the same duration get one end-of-infusion state, and the
+    concentrations equal the sum of the doses given one at a time."""
+    doses = {  # subject 0: three 2-h infusions (two at one rate) and a 1-h one; subject 1: one
+        "dose_subject": [0, 0, 0, 0, 1],
+        "dose_time_h": [0.0, 24.0, 48.0, 72.0, 0.0],
+        "dose_amt_mg": [10.0, 10.0, 20.0, 10.0, 10.0],
+        "dose_rate_mg_h": [5.0, 5.0, 10.0, 10.0, 5.0],
+    }
+    obs = {
+        "obs_subject": [0, 0, 0, 1],
+        "obs_time_h": [30.0, 60.0, 80.0, 5.0],
+        "obs_level": [0, 1, 2, 2],
+    }
+    layout = build_layout(**doses, **obs)
+    assert len(layout.terms["post"]) == 2 + 3 + 4 + 1
+    np.testing.assert_array_equal(layout.inf_subject, [0, 0, 1])
+    np.testing.assert_allclose(layout.inf_duration_h, [1.0, 2.0, 2.0])
+    params = {
+        "cl": 85.0,
+        "vc": 110.0,
+        "q": 130.0,
+        "vp": 190.0,
+        "metabolites": [Metabolite(70.0, 250.0, cl_f=68.0), Metabolite(35.0, 115.0, fm=0.75)],
+    }
+    separate = sum(
+        np_conc_ng_ml(
+            build_layout(**{k: [v[i]] for k, v in doses.items()}, **obs, n_subject=2), **params
+        )
+        for i in range(5)
+    )
+    np.testing.assert_allclose(np_conc_ng_ml(layout, **params), separate, rtol=1e-13)
+    # The layout's arrays become constants of the compiled log density; a strided one is a
+    # numba "dynamic global", which makes the whole compiled function uncacheable on disk.
+    arrays = [layout.obs_subject, layout.obs_level, layout.inf_subject, layout.inf_duration_h]
+    arrays += [getattr(ts, f) for ts in layout.terms.values() for f in ts.__dataclass_fields__]
+    assert all(a.flags.c_contiguous for a in arrays)
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

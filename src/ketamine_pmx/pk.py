@@ -106,7 +106,12 @@ per-subject arrays (or scalars) gathered by subject index. The terms of the anal
 the same time share their evaluation: all chain levels of one (subject, time since dose,
 infusion) are one element of a multi-output kernel (:func:`_chain_amounts`, one exponential per
 rate, shared by every E it needs), and each term takes its level's amount, times its dose, into
-its observation with a segment sum. :func:`np_conc_ng_ml` (numpy) and :func:`pt_conc_ng_ml`
+its observation with a segment sum. That kernel's loop computes its outputs' partial
+derivatives together with the values (:func:`_multi_kernel`), so a log density with its
+gradient runs the exponentials, sorting networks, Taylor sums and recursions once, and reverse
+mode only multiplies the output gradients by the partials. The end-of-infusion states are
+computed once per distinct (subject, infusion duration): a regimen's repeated infusions share
+them. :func:`np_conc_ng_ml` (numpy) and :func:`pt_conc_ng_ml`
 (PyTensor) share one implementation, so they have identical semantics.
 """
 
@@ -398,33 +403,57 @@ def _apply_kernel(
     return _kernel(key, build, data)(*args)
 
 
-class _MultiKernelGradient:
-    """Gradient override of a multi-output kernel: one fused vector-Jacobian product."""
+class _JacobianGradient:
+    """Gradient of :class:`_JacobianKernel`'s outputs: the output gradients times the partials
+    (inputs of the pass-through op), summed per input; a module-level class so graphs pickle.
+    """
 
-    def __init__(self, grad_op: Any, data: tuple[bool, ...]):
-        self.grad_op = grad_op
-        self.data = data
+    def __init__(self, data: tuple[bool, ...], n_out: int, partials: tuple[tuple[int, int], ...]):
+        self.data, self.n_out, self.partials = data, n_out, partials
 
     def __call__(self, inputs: list[Any], outputs: list[Any], output_grads: list[Any]) -> list[Any]:
-        import pytensor.tensor as pt
         from pytensor.gradient import DisconnectedType
 
-        gs = [
-            pt.zeros_like(o) if isinstance(g.type, DisconnectedType) else g
-            for g, o in zip(output_grads, outputs, strict=True)
-        ]
-        derivs = [] if self.grad_op is None else self.grad_op(*inputs, *gs)
-        derivs = iter(derivs if isinstance(derivs, list) else [derivs])
-        return [DisconnectedType()() if is_data else next(derivs) for is_data in self.data]
+        n_in = len(self.data)
+        jac = inputs[n_in + self.n_out :]
+        total: list[Any] = [None] * n_in
+        for (o, k), partial in zip(self.partials, jac, strict=True):
+            g = output_grads[o]
+            if isinstance(g.type, DisconnectedType):
+                continue
+            total[k] = g * partial if total[k] is None else total[k] + g * partial
+        grads = [DisconnectedType()() if t is None else t for t in total]
+        return grads + [DisconnectedType()() for _ in inputs[n_in:]]
+
+
+@dataclass(frozen=True)
+class _JacobianKernel:
+    """A multi-output kernel computed together with its partial derivatives.
+
+    ``values`` (an opaque ``OpFromGraph`` around one fused loop) returns the ``n_out`` outputs,
+    then one partial derivative per ``(output, input)`` pair of ``partials``: the pairs in
+    which the output depends on that (non-data) input. ``grad`` takes the inputs, the outputs
+    and the partials and returns the outputs unchanged; its gradient with respect to the
+    inputs is the output gradients times the partials, and it has none with respect to the
+    values and partials, so reverse mode never differentiates the fused loop.
+    """
+
+    values: Any
+    grad: Any
+    n_out: int
+    partials: tuple[tuple[int, int], ...]
 
 
 def _multi_kernel(
     key: tuple[Any, ...], build: Callable[[list[Any]], list[Any]], data: tuple[bool, ...]
-) -> Any:
-    """:func:`_kernel` for a scalar graph with several outputs (that share subexpressions).
+) -> _JacobianKernel:
+    """:func:`_kernel` for a scalar graph with several outputs (that share subexpressions),
+    computed together with its Jacobian in one fused loop.
 
-    The gradient is one fused loop computing ``d(sum_o g_o out_o)/dx`` for every input not
-    flagged in ``data``, with the output gradients ``g_o`` as extra inputs.
+    The partial derivatives (automatic differentiation of the scalar graph, per output) are
+    computed in the same loop as the values, so a log density and its gradient run the
+    forward arithmetic (exponentials, sorting, Taylor sums, recursion) once; a value kernel
+    followed by a separate vector-Jacobian kernel recomputes all of it in the second loop.
     """
     cache_key = ("multi", key, data)
     if cache_key in _KERNELS:
@@ -438,27 +467,40 @@ def _multi_kernel(
 
     xs = [ps.float64(f"x{k}") for k in range(len(data))]
     outs = build(xs)
-    gs = [ps.float64(f"g{o}") for o in range(len(outs))]
-    total = _add_all([g * o for g, o in zip(gs, outs, strict=True)])
-    _check_no_self_products(xs + gs, [total], key)
-    wrt = [x for x, is_data in zip(xs, data, strict=True) if not is_data]
-    value_op = Elemwise(Composite(xs, outs))
-    grads = pytensor.grad(total, wrt, disconnected_inputs="ignore") if wrt else []
-    grad_op = Elemwise(Composite(xs + gs, grads)) if wrt else None
-
+    _check_no_self_products(xs, outs, key)
+    wrt = [k for k, is_data in enumerate(data) if not is_data]
+    partials, derivs = [], []
+    for o, out in enumerate(outs):
+        grads = pytensor.grad(
+            out, [xs[k] for k in wrt], disconnected_inputs="ignore", return_disconnected="none"
+        )
+        for k, d in zip(wrt, grads, strict=True):
+            if d is not None:
+                partials.append((o, k))
+                derivs.append(d)
+    name = "_".join(map(str, key))
     vectors = [pt.dvector(f"x{k}") for k in range(len(data))]
-    values = value_op(*vectors)
-    values = values if isinstance(values, list) else [values]
-    op = OpFromGraph(
-        vectors,
-        values,
-        inline=False,
-        lop_overrides=_MultiKernelGradient(grad_op, data),
-        connection_pattern=[[not is_data] * len(outs) for is_data in data],
-        name="_".join(map(str, key)),
+    results = Elemwise(Composite(xs, [*outs, *derivs]))(*vectors)
+    values = OpFromGraph(
+        vectors, results if isinstance(results, list) else [results], inline=False, name=name
     )
-    _KERNELS[cache_key] = op
-    return op
+    # The pass-through op: inputs, outputs and partials in, outputs out.
+    n_out, n_jac = len(outs), len(partials)
+    v_in = [pt.dvector(f"v{o}") for o in range(n_out)]
+    j_in = [pt.dvector(f"j{p}") for p in range(n_jac)]
+    pattern = [[(o, k) in partials for o in range(n_out)] for k in range(len(data))]
+    grad = OpFromGraph(
+        [*vectors, *v_in, *j_in],
+        [v * 1.0 for v in v_in],
+        inline=False,
+        lop_overrides=_JacobianGradient(data, n_out, tuple(partials)),
+        connection_pattern=pattern + [[False] * n_out] * (n_out + n_jac),
+        name=f"{name}_jacobian",
+        on_unused_input="ignore",  # the inputs are there for the gradient only
+    )
+    kernel = _JacobianKernel(values, grad, n_out, tuple(partials))
+    _KERNELS[cache_key] = kernel
+    return kernel
 
 
 def _apply_multi_kernel(
@@ -471,8 +513,11 @@ def _apply_multi_kernel(
     be = _pt_backend()
     args = [be.asarray(v) for v in args]
     data = tuple(k in maybe_data and _is_data(v) for k, v in enumerate(args))
-    out = _multi_kernel(key, build, data)(*args)
-    return out if isinstance(out, list | tuple) else [out]
+    kernel = _multi_kernel(key, build, data)
+    results = kernel.values(*args)
+    results = results if isinstance(results, list | tuple) else [results]
+    outs = kernel.grad(*args, *results)
+    return outs if isinstance(outs, list | tuple) else [outs]
 
 
 @functools.cache
@@ -647,8 +692,9 @@ class DoseObsLayout:
     """Data-only description of which doses reach which observations (numpy, built once).
 
     ``terms[kind]`` for each of :data:`TERM_KINDS`; ``obs_subject`` and ``obs_level`` per
-    observation; ``inf_subject`` and ``inf_duration_h`` per infusion dose that has ended
-    before some observation (its end-of-infusion state is computed once).
+    observation; ``inf_subject`` and ``inf_duration_h`` per distinct (subject, duration) of
+    the infusions that have ended before some observation (their end-of-infusion state per
+    unit rate is computed once; a ``post`` term's ``dose_idx`` points to it).
     """
 
     n_subject: int
@@ -758,10 +804,13 @@ def build_layout(
         "infusing": infusion & (dt <= duration),
         "post": infusion & (dt > duration),
     }
-    # Infusion doses with an ended-infusion term: their own compact index.
+    # Infusion doses with an ended-infusion term, indexed by their distinct (subject, duration):
+    # the end-of-infusion state per unit rate depends on nothing else, so the repeated
+    # infusions of a regimen (e.g. ten daily 4-h infusions) share one evaluation.
     ended = np.unique(pair_dose[kinds["post"]])
+    ended_keys, ended_inverse = _unique_rows(d_subj[ended], d_amt[ended] / d_rate[ended])
     inf_index = np.full(n_dose, -1, dtype=np.int64)
-    inf_index[ended] = np.arange(ended.size)
+    inf_index[ended] = ended_inverse
     terms = {}
     for kind, mask in kinds.items():
         dose = pair_dose[mask]
@@ -779,8 +828,10 @@ def build_layout(
         obs_subject=o_subj,
         obs_level=o_level,
         terms=terms,
-        inf_subject=d_subj[ended],
-        inf_duration_h=d_amt[ended] / d_rate[ended],
+        # contiguous copies: a strided constant in a numba-compiled graph is a dynamic global,
+        # which makes the whole compiled log density uncacheable
+        inf_subject=ended_keys[:, 0].astype(np.int64),
+        inf_duration_h=np.ascontiguousarray(ended_keys[:, 1]),
     )
 
 
