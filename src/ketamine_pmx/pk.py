@@ -794,9 +794,10 @@ def build_layout(
     keep = dt > 0
     pair_obs, pair_dose, dt = pair_obs[keep], pair_dose[keep], dt[keep]
 
+    dose_duration = np.where(d_rate > 0, d_amt / np.where(d_rate > 0, d_rate, 1.0), 0.0)
     rate = d_rate[pair_dose]
     infusion = rate > 0
-    duration = np.where(infusion, d_amt[pair_dose] / np.where(infusion, rate, 1.0), 0.0)
+    duration = dose_duration[pair_dose]
     depot = d_route[pair_dose] == "depot"
     kinds = {
         "bolus": ~infusion & ~depot,
@@ -808,7 +809,7 @@ def build_layout(
     # the end-of-infusion state per unit rate depends on nothing else, so the repeated
     # infusions of a regimen (e.g. ten daily 4-h infusions) share one evaluation.
     ended = np.unique(pair_dose[kinds["post"]])
-    ended_keys, ended_inverse = _unique_rows(d_subj[ended], d_amt[ended] / d_rate[ended])
+    ended_keys, ended_inverse = _unique_rows(d_subj[ended], dose_duration[ended])
     inf_index = np.full(n_dose, -1, dtype=np.int64)
     inf_index[ended] = ended_inverse
     terms = {}
