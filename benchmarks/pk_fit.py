@@ -51,6 +51,10 @@ REPO = HERE.parent
 ARMS = {"MDD": 120, "CRPS_OUT": 60, "CRPS_IN": 30}
 
 
+#: The simulator's seed of the default trial (config/config.yaml).
+TRIAL_SEED = 20261121
+
+
 def trial_arms(n_subjects: int) -> dict[str, int]:
     """The default trial's arm split scaled to ``n_subjects`` (largest remainders)."""
     total = sum(ARMS.values())
@@ -231,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         help="subject effects (default: the spec's; Stan always runs non-centred)",
     )
     p.add_argument("--seed", type=int, default=1, help="sampler seed")
-    p.add_argument("--trial-seed", type=int, default=20261121, help="simulator seed")
+    p.add_argument("--trial-seed", type=int, default=TRIAL_SEED, help="simulator seed")
     p.add_argument("--out", type=Path, default=HERE / "results" / "pk_fit.csv")
     p.add_argument(
         "--include",

@@ -87,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     sys.path.insert(0, str(HERE))
-    from pk_fit import machine, make_table
+    from pk_fit import TRIAL_SEED, machine, make_table
 
-    table = make_table(args.subjects, 20261121)
+    table = make_table(args.subjects, TRIAL_SEED)
     with tempfile.TemporaryDirectory() as tmp:
         sys.path.insert(0, tmp)
         fns, compile_s, sizes = {}, {}, {}
