@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ketamine_pmx.comparison import compare
-from ketamine_pmx.config import load_config
+from ketamine_pmx.config import load_config, sampler_settings
 from ketamine_pmx.data import read_clean
 from ketamine_pmx.io import write_csv
 from ketamine_pmx.outcomes import outcome_table
@@ -54,7 +54,11 @@ def main() -> None:
         specs[name] = load_response_spec(Path(cfg["models"]["dir"]) / f"{name}.yaml")
         t0 = time.perf_counter()
         fits[name], _ = fit_response(
-            outcomes, specs[name], exposures, cfg["sampler"], cfg["seeds"]["fit_response"]
+            outcomes,
+            specs[name],
+            exposures,
+            sampler_settings(cfg, "response"),
+            cfg["seeds"]["fit_response"],
         )
         a = fits[name].posterior.attrs
         print(

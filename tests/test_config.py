@@ -6,10 +6,17 @@ import copy
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, snakemake_config
 from snakemake.utils import validate as snakemake_validate
 
-from ketamine_pmx.config import ConfigError, deep_merge, load_config, schema_path, validate_config
+from ketamine_pmx.config import (
+    ConfigError,
+    deep_merge,
+    load_config,
+    sampler_settings,
+    schema_path,
+    validate_config,
+)
 
 
 def test_shipped_configs_validate():
@@ -59,6 +66,8 @@ def test_workflow_schema_is_the_packaged_schema():
         ({"data": {"plausibility": {"WT": {"min": 300, "max": 20}}}}, "min 300 > max 20"),
         ({"data": {"codes": {"dose_cmt": {"x": "KET"}}}}, "data.codes.dose_cmt"),
         ({"simulation": {"population_mix": {"european": 0}}}, "population_mix"),
+        ({"sampler": {"pk": {"backend": "pymc"}}}, "sampler.pk"),
+        ({"sampler": {"response": {"target_accept": 1.0}}}, "sampler.response.target_accept"),
     ],
 )
 def test_invalid_config_names_the_key(config, fragment):
@@ -90,6 +99,30 @@ def test_config_readme_documents_every_key():
     text = (REPO / "config" / "README.md").read_text()
     assert text == schema_markdown(), "regenerate: python -m ketamine_pmx.config > config/README.md"
     assert "`data.blq.method`" in text and "`simulation.truth.dser_effect`" in text
+
+
+def test_each_family_samples_with_the_shared_settings_and_its_overrides():
+    cfg = validate_config(
+        {"sampler": {"draws": 300, "target_accept": 0.9, "pk": {"target_accept": 0.7}}}
+    )
+    pk, response = sampler_settings(cfg, "pk"), sampler_settings(cfg, "response")
+    assert pk["target_accept"] == 0.7 and response["target_accept"] == 0.9
+    assert pk["draws"] == response["draws"] == 300
+    assert not {"pk", "response"} & (set(pk) | set(response))
+    assert cfg["sampler"]["pk"] == {"target_accept": 0.7}  # the config itself is unchanged
+    with pytest.raises(ValueError, match="family"):
+        sampler_settings(cfg, "dosing")
+
+
+def test_shipped_runs_keep_their_own_sampler_settings():
+    default = snakemake_config()
+    pk = sampler_settings(default, "pk")
+    assert pk["target_accept"] < default["sampler"]["target_accept"]  # measured for PK
+    assert sampler_settings(default, "response")["target_accept"] == 0.9
+    smoke = sampler_settings(snakemake_config("smoke.yaml"), "pk")
+    assert (smoke["draws"], smoke["target_accept"]) == (200, pk["target_accept"])
+    theophylline = sampler_settings(snakemake_config("theophylline.yaml"), "pk")
+    assert (theophylline["target_accept"], theophylline["max_depth"]) == (0.95, 10)
 
 
 def test_gate_may_be_waived_for_comparison_models_only():

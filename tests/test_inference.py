@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pandas as pd
@@ -319,7 +320,7 @@ def test_gate_passes_a_good_fit_and_names_every_failure():
     text = "\n".join(failures)
     assert len(failures) == 5
     assert "R-hat 1.050" in text and "omega_cl[S]" in text and "ess_bulk 120" in text
-    assert "3 divergent" in text and "E-BFMI 0.10" in text
+    assert "3 divergent" in text and "target_accept" in text and "E-BFMI 0.10" in text
 
 
 @pytest.fixture(scope="module")
@@ -351,6 +352,8 @@ def test_fit_writes_inferencedata_with_named_dims_and_loglik(smoke_fit, spec, tm
     assert np.isfinite(loglik.values).all()
     assert set(idata.constant_data["obs_analyte"].values) == set(spec.analytes)
     assert post.attrs["spec_sha256"] == spec.sha256 and post.attrs["sampling_seconds"] > 0
+    settings = json.loads(post.attrs["sampler_settings"])
+    assert (settings["draws"], settings["target_accept"]) == (150, 0.9)
     path = tmp_path / "posterior.nc"
     save_idata(idata, path)
     again = load_idata(path, spec)

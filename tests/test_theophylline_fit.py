@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from ketamine_pmx.config import load_config
+from ketamine_pmx.config import load_config, sampler_settings
 from ketamine_pmx.data import load_dataset
 from ketamine_pmx.inference import diagnostics_table, fit_pk, gate, run_statistics
 from ketamine_pmx.specs import load_pk_spec
@@ -25,7 +25,7 @@ def theophylline_fit():
     config = load_config(REPO / "config" / "theophylline.yaml")
     table = load_dataset(REPO / config["data"]["path"], config["data"]).table
     spec = load_pk_spec(REPO / "models" / "pk_1cmt_oral.yaml")
-    return fit_pk(table, spec, config["sampler"], seed=config["seeds"]["fit_pk"])
+    return fit_pk(table, spec, sampler_settings(config, "pk"), seed=config["seeds"]["fit_pk"])
 
 
 def test_typical_values_match_nlmixr2(theophylline_fit):

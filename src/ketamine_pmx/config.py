@@ -114,6 +114,19 @@ def _check_semantics(config: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: invalid configuration:\n  - " + "\n  - ".join(problems))
 
 
+SAMPLER_FAMILIES = ("pk", "response")
+
+
+def sampler_settings(config: dict[str, Any], family: str) -> dict[str, Any]:
+    """The NUTS settings of one model family's fits: the shared ``sampler`` keys with the
+    family's overrides (``sampler.pk`` or ``sampler.response``) on top. ``config`` is a
+    validated config; a missing override section counts as empty."""
+    if family not in SAMPLER_FAMILIES:
+        raise ValueError(f"family must be one of {SAMPLER_FAMILIES}, got {family!r}")
+    shared = {k: v for k, v in config["sampler"].items() if k not in SAMPLER_FAMILIES}
+    return {**shared, **config["sampler"].get(family, {})}
+
+
 def load_config(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -170,6 +183,8 @@ def schema_markdown() -> str:
             target = schema
             for part in ref.lstrip("#/").split("/"):
                 target = target[part]
+            if ref.startswith("#/properties/"):  # another key's type: not its default
+                target = {k: v for k, v in target.items() if k != "default"}
             return {**target, **{k: v for k, v in node.items() if k != "$ref"}}
         return node
 
@@ -181,9 +196,9 @@ def schema_markdown() -> str:
             kind = " or ".join(kind) if isinstance(kind, list) else kind
             if "enum" in sub:
                 kind += " (" + ", ".join(str(v) for v in sub["enum"]) + ")"
-            default = json_inline(sub.get("default", ""))
+            default = f"`{json_inline(sub['default'])}`" if "default" in sub else ""
             desc = " ".join(str(sub.get("description", "")).split())
-            lines.append(f"| `{key}` | {kind} | `{default}` | {desc} |")
+            lines.append(f"| `{key}` | {kind} | {default} | {desc} |")
             if "properties" in sub:
                 walk(sub, key + ".")
 

@@ -564,6 +564,7 @@ def sample_pk(
             "data_sha256": data.data_sha256,
             "ketamine_pmx_version": __version__,
             "sampler": backend,
+            "sampler_settings": json.dumps(sampler, sort_keys=True),
             "seed": int(seed),
             "compile_seconds": run.compile_seconds,
             "sampling_seconds": run.sampling_seconds,
@@ -701,7 +702,9 @@ def gate(table: pd.DataFrame, stats: dict[str, Any], rules: dict[str, Any]) -> l
             failures.append(f"{col} {worst[col]:.0f} < {rules['ess_min']} ({worst['parameter']})")
     if stats["divergences"] > rules["max_divergences"]:
         failures.append(
-            f"{stats['divergences']} divergent transitions > {rules['max_divergences']}"
+            f"{stats['divergences']} divergent transitions > {rules['max_divergences']} "
+            "(a higher target_accept takes smaller steps: config sampler.pk.target_accept or "
+            "sampler.response.target_accept)"
         )
     if stats["e_bfmi_min"] < rules["e_bfmi_min"]:
         failures.append(f"E-BFMI {stats['e_bfmi_min']:.2f} < {rules['e_bfmi_min']}")

@@ -423,6 +423,7 @@ def _inference_data(
             "spec_sha256": spec.sha256,
             "ketamine_pmx_version": __version__,
             "sampler": sampler["backend"],
+            "sampler_settings": json.dumps(sampler, sort_keys=True),
             "seed": int(seed),
             "compile_seconds": run.compile_seconds,
             "sampling_seconds": run.sampling_seconds,

@@ -3,6 +3,8 @@ import os
 
 from snakemake.utils import validate
 
+from ketamine_pmx.config import sampler_settings
+
 validate(config, schema="../schemas/config.schema.yaml")
 
 RESULTS = config["results_dir"]

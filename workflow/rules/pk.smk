@@ -17,7 +17,7 @@ rule fit_pk:
         mem_mb=rule_resources("fit_pk").get("mem_mb", 8000),
         runtime=rule_resources("fit_pk").get("runtime", 120),
     params:
-        sampler=config["sampler"],
+        sampler=sampler_settings(config, "pk"),
         seed=config["seeds"]["fit_pk"],
     script:
         "../scripts/fit_pk.py"

@@ -58,7 +58,8 @@ rule fit_response:
         mem_mb=rule_resources("fit_response").get("mem_mb", 4000),
         runtime=rule_resources("fit_response").get("runtime", 30),
     params:
-        config=config_for("response", "sampler", "gate", "seeds.fit_response"),
+        config=config_for("response", "gate", "seeds.fit_response"),
+        sampler=sampler_settings(config, "response"),
     script:
         "../scripts/fit_response.py"
 
@@ -116,9 +117,8 @@ rule compare_models:
         mem_mb=rule_resources("compare_models").get("mem_mb", 8000),
         runtime=rule_resources("compare_models").get("runtime", 60),
     params:
-        config=config_for(
-            "response", "sampler", "seeds.fit_response", "comparison", "models"
-        ),
+        config=config_for("response", "seeds.fit_response", "comparison", "models"),
+        sampler=sampler_settings(config, "response"),
     script:
         "../scripts/compare_models.py"
 

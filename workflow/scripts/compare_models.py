@@ -38,7 +38,7 @@ seed = cfg["seeds"]["fit_response"]
 
 def make_fitter(name):
     data = prepare_response_data(outcomes, specs[name], exposures)
-    return ResponseFitter(specs[name], data, cfg["sampler"])
+    return ResponseFitter(specs[name], data, dict(snakemake.params.sampler))
 
 
 # A model is compiled only if one of its patients needs an exact refit, and then once.

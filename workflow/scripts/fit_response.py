@@ -19,7 +19,7 @@ for pid, reason in outcomes.excluded.itertuples(index=False):
     print(f"patient {pid} excluded: {reason}", file=log)
 exposures = pd.read_csv(snakemake.input.exposures)
 idata, data = fit_response(
-    outcomes.table, spec, exposures, cfg["sampler"], cfg["seeds"]["fit_response"]
+    outcomes.table, spec, exposures, dict(snakemake.params.sampler), cfg["seeds"]["fit_response"]
 )
 for pid, reason in data.excluded.itertuples(index=False):
     print(f"patient {pid} excluded: {reason}", file=log)
