@@ -9,6 +9,7 @@ from the identity dE/dx_k = -E(nodes + x_k), cross-checked against mpmath.diff).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import mpmath as mp
@@ -18,6 +19,8 @@ import pytensor.tensor as pt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pytensor.graph.basic import Constant
+from pytensor.graph.traversal import graph_inputs
 from scipy.integrate import solve_ivp
 
 from ketamine_pmx.contract import MOLAR_MASS_G_MOL
@@ -793,6 +796,12 @@ def test_repeated_infusions_share_their_end_of_infusion_state():
     arrays = [layout.obs_subject, layout.obs_level, layout.inf_subject, layout.inf_duration_h]
     arrays += [getattr(ts, f) for ts in layout.terms.values() for f in ts.__dataclass_fields__]
     assert all(a.flags.c_contiguous for a in arrays)
+    # And whatever a layout holds, the graph's constants are contiguous copies.
+    strided = np.repeat(layout.inf_duration_h, 2)[::2]
+    assert not strided.flags.c_contiguous
+    conc = pt_conc_ng_ml(dataclasses.replace(layout, inf_duration_h=strided), **params)
+    constants = [v for v in graph_inputs([conc]) if isinstance(v, Constant) and v.data.ndim]
+    assert constants and all(c.data.flags.c_contiguous for c in constants)
 
 
 @pytest.mark.parametrize(

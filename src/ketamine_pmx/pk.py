@@ -169,7 +169,9 @@ class _Backend:
 
         if isinstance(x, Variable):  # symbolic: computed in float64 (never float32)
             return self.xp.cast(self.xp.as_tensor_variable(x), "float64")
-        return self.xp.as_tensor_variable(np.asarray(x, dtype=np.float64))
+        # Data become constants of the compiled function: contiguous, since numba keeps a
+        # strided constant as a "dynamic global", which makes the function uncacheable.
+        return self.xp.as_tensor_variable(np.asarray(x, dtype=np.float64, order="C"))
 
     def where(self, cond: Any, a: Any, b: Any) -> Any:
         return self.xp.switch(cond, a, b) if self.name == "scalar" else self.xp.where(cond, a, b)
