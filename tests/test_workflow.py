@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 import yaml
-from conftest import REPO, snakemake_command, snakemake_config
+from conftest import REPO, snakemake_command
 from conftest import run_snakemake as _snakemake
 
 from ketamine_pmx.cli import main
@@ -44,9 +44,10 @@ def test_smoke_run_writes_the_validated_dataset_and_summary(smoke_run):
 def test_smoke_run_fits_every_pk_model_and_gates_it(smoke_run):
     import arviz as az
 
-    from ketamine_pmx.config import sampler_settings
+    from ketamine_pmx.config import load_config, sampler_settings
 
-    pk_sampler = sampler_settings(snakemake_config("smoke.yaml"), "pk")
+    # the run's working directory has no config/config.yaml: Snakemake read smoke.yaml alone
+    pk_sampler = sampler_settings(load_config(REPO / "config" / "smoke.yaml"), "pk")
 
     for model in ("pk_2cmt_metab", "pk_1cmt_metab"):
         folder = smoke_run / "pk" / model
@@ -56,7 +57,7 @@ def test_smoke_run_fits_every_pk_model_and_gates_it(smoke_run):
         )
         assert idata.posterior.attrs["model"] == model
         assert idata.posterior.sizes["chain"] == 2 and idata.posterior.sizes["draw"] == 200
-        # the PK family's settings (config.yaml's sampler.pk over smoke.yaml's sampler)
+        # the PK family's settings (smoke.yaml's sampler.pk over its shared sampler)
         assert json.loads(idata.posterior.attrs["sampler_settings"]) == pk_sampler
         table = pd.read_csv(folder / "diagnostics.csv")
         assert {"r_hat", "ess_bulk", "ess_tail"} <= set(table.columns)
