@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from ketamine_pmx.config import deep_merge, load_config, validate_config
+from ketamine_pmx.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMETERS = REPO / "data" / "truth" / "ketamine_virtual_trial.yaml"
@@ -26,16 +25,6 @@ def make_config(**simulation) -> dict:
 @pytest.fixture
 def smoke_config() -> dict:
     return make_config()
-
-
-def snakemake_config(*names: str) -> dict:
-    """The config a Snakemake run sees: config.yaml (the Snakefile's) with ``--configfile``
-    files merged over it, validated."""
-    merged: dict = {}
-    for name in ("config.yaml", *names):
-        with open(REPO / "config" / name) as fh:
-            merged = deep_merge(merged, yaml.safe_load(fh))
-    return validate_config(merged)
 
 
 def snakemake_command(workdir, *args, configfiles=("config/smoke.yaml",)) -> list[str]:

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import yaml
-from conftest import REPO, snakemake_config
+from conftest import REPO
 from snakemake.utils import validate as snakemake_validate
 
 from ketamine_pmx.config import (
@@ -99,6 +99,16 @@ def test_config_readme_documents_every_key():
     text = (REPO / "config" / "README.md").read_text()
     assert text == schema_markdown(), "regenerate: python -m ketamine_pmx.config > config/README.md"
     assert "`data.blq.method`" in text and "`simulation.truth.dser_effect`" in text
+
+
+def snakemake_config(*names: str) -> dict:
+    """The config a Snakemake run sees: config.yaml (the Snakefile's) with ``--configfile``
+    files merged over it, validated."""
+    merged: dict = {}
+    for name in ("config.yaml", *names):
+        with open(REPO / "config" / name) as fh:
+            merged = deep_merge(merged, yaml.safe_load(fh))
+    return validate_config(merged)
 
 
 def test_each_family_samples_with_the_shared_settings_and_its_overrides():
