@@ -91,7 +91,7 @@ def run_one(args: argparse.Namespace) -> dict:
         population_variables,
         run_statistics,
     )
-    from ketamine_pmx.specs import load_pk_spec, with_bsv
+    from ketamine_pmx.specs import load_pk_spec, with_bsv, with_parameter
 
     table = make_table(args.one_size, args.trial_seed)
     spec = load_pk_spec(REPO / "models" / f"{args.model}.yaml")
@@ -99,6 +99,12 @@ def run_one(args: argparse.Namespace) -> dict:
     how = "noncentred" if args.one_backend == "stan" else args.parameterisation
     if how is not None:
         spec = with_bsv(spec, parameterisation=how)
+    if args.centred_scale is not None and args.one_backend != "stan":
+        spec = with_bsv(spec, centred_scale=args.centred_scale)
+    if args.one_backend != "stan":  # the Stan program samples the clearances themselves
+        for item in args.sample_per:
+            name, _, per = item.partition("=")
+            spec = with_parameter(spec, name, sample_per=per or None)
     sampler = {
         "backend": args.one_backend,
         "draws": args.draws,
@@ -170,6 +176,8 @@ PROTOCOL = (
     "diagonal",
     "parameterisation",
     "max_depth",
+    "sample_per",
+    "centred_scale",
 )
 
 
@@ -233,6 +241,18 @@ def main(argv: list[str] | None = None) -> int:
         "--parameterisation",
         choices=["noncentred", "centred", "partial"],
         help="subject effects (default: the spec's; Stan always runs non-centred)",
+    )
+    p.add_argument(
+        "--centred-scale",
+        choices=["parameter", "apparent"],
+        help="what centred subjects sample (bsv.centred_scale; default: the spec's)",
+    )
+    p.add_argument(
+        "--sample-per",
+        nargs="+",
+        default=[],
+        metavar="NAME=FRACTION",
+        help="sample clearance NAME per FRACTION (the spec key sample_per; NAME= removes it)",
     )
     p.add_argument("--seed", type=int, default=1, help="sampler seed")
     p.add_argument("--trial-seed", type=int, default=TRIAL_SEED, help="simulator seed")

@@ -31,7 +31,14 @@ from ketamine_pmx.inference import (
     save_idata,
 )
 from ketamine_pmx.simulate import simulate_trial
-from ketamine_pmx.specs import SpecError, load_pk_spec, validate_spec, with_bsv
+from ketamine_pmx.specs import (
+    PKSpec,
+    SpecError,
+    load_pk_spec,
+    validate_spec,
+    with_bsv,
+    with_parameter,
+)
 
 MODELS = REPO / "models"
 GROUPS = ("cl", "vc", "vp", "cl_nk", "cl_hnk")
@@ -193,6 +200,118 @@ def test_centred_parameterisations_are_the_same_model(trial, spec, how, correlat
     assert "theta_cl" not in {v.name for v in nc.value_vars}
 
 
+def per_fraction(spec: PKSpec, name: str = "cl_hnk", per: str | None = "fm_hnk") -> PKSpec:
+    """``spec`` with parameter ``name`` sampled per the fraction ``per`` (None: not)."""
+    return with_parameter(spec, name, sample_per=per)
+
+
+def point_per_fm_hnk(model, seed: int) -> tuple[dict, dict, np.ndarray]:
+    """A random point of ``model`` (cl_hnk sampled itself), the same point with the typical
+    cl_hnk written per fm_hnk (log_cl_hnk_per_fm_hnk_pop), and log fm_hnk."""
+    rng = np.random.default_rng(seed)
+    point = model.initial_point()
+    point = {k: v + 0.2 * rng.standard_normal(np.shape(v)) for k, v in point.items()}
+    log_fm = -np.log1p(np.exp(-point["logit_fm_hnk_pop"]))
+    mapped = dict(point)
+    mapped["log_cl_hnk_per_fm_hnk_pop"] = mapped.pop("log_cl_hnk_pop") - log_fm
+    return point, mapped, log_fm
+
+
+@pytest.mark.parametrize("how", ["partial", "noncentred"])
+def test_sampling_a_clearance_per_its_fraction_is_the_same_model(trial, spec, how):
+    """cl_hnk sampled as log(cl_hnk / fm_hnk) (population and centred subjects) is the same
+    posterior: at corresponding points the etas, the individual clearances and the whole log
+    density (priors included: the shift has a unit Jacobian) agree."""
+    table, _ = trial
+    data = prepare_pk_data(table, spec)
+    # (centred_scale parameter: apparent centring would shift theta_cl_hnk in both models)
+    plain = with_bsv(per_fraction(spec, per=None), parameterisation=how, centred_scale="parameter")
+    plain = build_pk_model(plain, data)
+    per = with_bsv(per_fraction(spec), parameterisation=how, centred_scale="parameter")
+    per = build_pk_model(per, data)
+    names = {v.name for v in per.value_vars}
+    assert "log_cl_hnk_per_fm_hnk_pop" in names and "log_cl_hnk_pop" not in names
+    point, mapped, log_fm = point_per_fm_hnk(plain, seed=11)
+    if how == "partial":
+        mapped["theta_cl_hnk"] = point["theta_cl_hnk"] - log_fm[None, :]
+    assert set(mapped) == names
+    a = evaluate(plain, [plain["eta_cl_hnk"], plain["log_cl_hnk_pop"]], point)
+    b = evaluate(per, [per["eta_cl_hnk"], per["log_cl_hnk_pop"]], mapped)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12)
+    assert per.compile_logp()(mapped) == pytest.approx(plain.compile_logp()(point), rel=1e-12)
+
+
+def test_apparent_centring_samples_the_clearances_the_data_identify(trial, spec):
+    """bsv.centred_scale: apparent is the same model (same etas: same log density, priors
+    included), and a centred subject's free values are log(cl_f + cl_o), log(cl_nk / fm_nk)
+    and log(cl_hnk / (fm_nk fm_hnk)), computed here from the parameters themselves."""
+    table, _ = trial
+    data = prepare_pk_data(table, spec)
+    assert spec.spec["bsv"]["centred_scale"] == "apparent"  # the default model's
+    plain = with_bsv(per_fraction(spec, per=None), centred_scale="parameter")
+    plain = build_pk_model(plain, data)
+    app = build_pk_model(spec, data)  # and cl_hnk per fm_hnk at the population level too
+    point, mapped, log_fm_hnk = point_per_fm_hnk(plain, seed=13)
+    groups = ("cl", "cl_nk", "cl_hnk")
+    eta = dict(
+        zip(groups, evaluate(plain, [plain[f"eta_{g}"] for g in groups], point), strict=True)
+    )
+    rich = np.flatnonzero(centred_subjects(data, spec.spec["bsv"]))
+    for g in groups:
+        mapped[f"theta_{g}"] = np.zeros((rich.size, 2))
+    means = evaluate(app, [app[f"theta_{g}"] - app[f"eta_{g}"][rich] for g in groups], mapped)
+    for g, m in zip(groups, means, strict=True):
+        mapped[f"theta_{g}"] = m + eta[g][rich]
+    assert app.compile_logp()(mapped) == pytest.approx(plain.compile_logp()(point), rel=1e-12)
+    # the free values are the apparent clearances of each centred subject
+    log_wt = 0.75 * np.log(data.wt / 70.0)[:, None]
+    cyp = np.concatenate([[0.0], point["e_cyp2b6"]])
+    cls = np.array([["NM", "IM", "PM"].index(c) for c in data.cyp_class])
+    log_cl_f = point["log_cl_f_pop"] + log_wt + cyp[cls][:, None] + eta["cl"]
+    log_cl_o = point["log_cl_o_pop"] + log_wt + eta["cl"]
+    log_fm_nk = log_cl_f - np.logaddexp(log_cl_f, log_cl_o)
+    log_cl_nk = point["log_cl_nk_pop"] + log_wt + eta["cl_nk"]
+    log_cl_hnk = point["log_cl_hnk_pop"] + log_wt + eta["cl_hnk"]
+    expected = {
+        "cl": np.logaddexp(log_cl_f, log_cl_o),
+        "cl_nk": log_cl_nk - log_fm_nk,
+        "cl_hnk": log_cl_hnk - log_fm_nk - log_fm_hnk,
+    }
+    for g in groups:
+        np.testing.assert_allclose(mapped[f"theta_{g}"], expected[g][rich], rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("model", "change", "message"),
+    [
+        ("pk_1cmt_oral", {}, "need the metabolite NK"),
+        ("pk_2cmt_metab", {"cl_o": {"bsv_group": "cl_other"}}, "cl_f and cl_o in one BSV group"),
+    ],
+)
+def test_apparent_centring_is_refused_where_it_cannot_apply(model, change, message):
+    raw = copy.deepcopy(load_pk_spec(MODELS / f"{model}.yaml").spec)
+    raw.setdefault("bsv", {})["centred_scale"] = "apparent"
+    for name, keys in change.items():
+        raw["parameters"][name].update(keys)
+    with pytest.raises(SpecError, match=rf"bsv\.centred_scale: .*{message}"):
+        validate_spec(raw, "models/x.yaml")
+
+
+@pytest.mark.parametrize(
+    ("name", "per", "message"),
+    [
+        ("cl_hnk", "fm_nope", "not a parameter"),
+        ("cl_hnk", "cl_nk", "must be an estimated fraction"),
+        ("vc", "fm_hnk", "only an estimated clearance"),
+        ("cl_o", "fm_hnk", "shares the subject effect of 'cl_f'"),
+    ],
+)
+def test_sample_per_is_refused_where_it_cannot_apply(spec, name, per, message):
+    with pytest.raises(SpecError, match=rf"parameters\.{name}\.sample_per: .*{message}"):
+        per_fraction(spec, name, per)
+
+
 def test_enantiomer_correlation_needs_two_enantiomers():
     raw = copy.deepcopy(load_pk_spec(MODELS / "pk_racemic_2cmt_metab.yaml").spec)
     raw["bsv"]["correlation"] = "enantiomer"
@@ -232,9 +351,11 @@ def test_blq_rows_contribute_the_normal_cdf(spec):
     # The prediction at this point (typical subject: etas 0, 70 kg, NM), by the numpy reference.
     ind = {
         name: np.exp(point[f"log_{name}_pop"])[None, :]
-        for name in ("cl_f", "cl_o", "vc", "q", "vp", "cl_nk", "cl_hnk")
+        for name in ("cl_f", "cl_o", "vc", "q", "vp", "cl_nk")
     }
     ind["fm_hnk"] = 1 / (1 + np.exp(-point["logit_fm_hnk_pop"]))[None, :]
+    # the spec samples cl_hnk per fm_hnk (sample_per)
+    ind["cl_hnk"] = np.exp(point["log_cl_hnk_per_fm_hnk_pop"])[None, :] * ind["fm_hnk"]
     ind["v_nk"] = np.array([[250.0, 250.0]])
     ind["v_hnk"] = np.array([[115.0, 115.0]])
     pred = predict_ng_ml(spec, data, ind)

@@ -233,7 +233,11 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
         # weight and CYP2B6 covariates): the mean the centred parameterisation samples around.
         means: dict[str, Any] = {}
         ind: dict[str, Any] = {}
-        for name, par in spec.parameters.items():
+        # log of the fraction a clearance is sampled per (sample_per), per chain
+        log_per: dict[str, Any] = {}
+        # fractions first: a clearance sampled per one needs its value
+        for name in sorted(spec.parameters, key=lambda n: "sample_per" in spec.parameters[n]):
+            par = spec.parameters[name]
             kind = spec.kind(name)
             typical = np.array([spec.typical(name, c) for c in chains])
             if kind == "fraction":
@@ -247,10 +251,23 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
                     dims="enantiomer",
                 )
                 means[name] = pt.broadcast_to(logit_pop, (n_subj, len(chains)))
+                log_per[name] = -pt.softplus(-logit_pop)  # log sigmoid
                 continue
             scale = {"clearance": a_cl, "volume": a_v}.get(kind, 0.0)
             if par["fixed"]:
                 log_pop = pt.as_tensor(np.log(typical))
+            elif par.get("sample_per"):
+                # log(cl / f) | f ~ Normal(log typical - log f, sd) is log cl ~ Normal(log
+                # typical, sd) (a shift: unit Jacobian), so the prior and the model are as
+                # without it; the free variable is the ratio the metabolite's exposure fixes.
+                log_f = log_per[par["sample_per"]]
+                log_app = pm.Normal(
+                    f"log_{name}_per_{par['sample_per']}_pop",
+                    np.log(typical) - log_f,
+                    par["prior_sd"],
+                    dims="enantiomer",
+                )
+                log_pop = pm.Deterministic(f"log_{name}_pop", log_app + log_f, dims="enantiomer")
             else:
                 log_pop = pm.Normal(
                     f"log_{name}_pop", np.log(typical), par["prior_sd"], dims="enantiomer"
@@ -260,7 +277,13 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
                 lin = lin + cyp_effect[:, None]
             means[name] = lin
 
-        group_means = {g: means[first] for g, first in bsv_groups(spec.parameters).items()}
+        # A centred subject samples its group's first parameter around the group mean, less a
+        # shift that the apparent clearances take (eta = theta - mean is the same).
+        shifts = _centring_shifts(spec, bsv_cfg, means, log_per)
+        group_means = {
+            g: means[first] - shifts[g] if g in shifts else means[first]
+            for g, first in bsv_groups(spec.parameters).items()
+        }
         centred = centred_subjects(data, bsv_cfg)
         etas = _subject_effects(list(group_means), chains, n_subj, bsv_cfg, group_means, centred)
 
@@ -276,6 +299,39 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
         pred = _chain_conc(spec, data.layout, flat)
         _likelihood(spec, data, pred, observed)
     return model
+
+
+def _centring_shifts(
+    spec: PKSpec, cfg: dict[str, Any], means: dict[str, Any], log_per: dict[str, Any]
+) -> dict[str, Any]:
+    """log of what a centred subject's individual value is divided by, per BSV group.
+
+    ``sample_per: f`` on a group's first parameter: log f. ``bsv.centred_scale: apparent``:
+    the clearances the data identify, total parent clearance (cl_f + cl_o: the cl group's cl_f
+    per fm_nk = cl_f / (cl_f + cl_o)), cl_nk / fm_nk and cl_hnk / (fm_nk fm_hnk), with fm_nk
+    from the typical values and covariates (cl_f and cl_o share their subject effect, which
+    cancels). Each is a shift of theta by a function of other parameters: unit Jacobian, the
+    same model.
+    """
+    groups = bsv_groups(spec.parameters)
+    shifts: dict[str, Any] = {}
+    for g, first in groups.items():
+        per = spec.parameters[first].get("sample_per")
+        if per:
+            shifts[g] = log_per[per][None, :]
+    if cfg.get("centred_scale", "parameter") == "apparent":
+        log_fm_nk = means["cl_f"] - pt.logaddexp(means["cl_f"], means["cl_o"])
+        for g, first in groups.items():
+            if first in ("cl_f", "cl_nk"):
+                shifts[g] = log_fm_nk
+            elif first == "cl_hnk":
+                log_fm_hnk = (
+                    log_per["fm_hnk"][None, :]
+                    if "fm_hnk" in log_per
+                    else np.log([[spec.typical("fm_hnk", c) for c in spec.chains]])
+                )
+                shifts[g] = log_fm_nk + log_fm_hnk
+    return shifts
 
 
 def centred_subjects(data: PKData, cfg: dict[str, Any]) -> np.ndarray:

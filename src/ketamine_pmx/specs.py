@@ -118,6 +118,39 @@ def bsv_groups(parameters: dict[str, dict[str, Any]]) -> dict[str, str]:
     return groups
 
 
+def _sample_per_problems(parameters: dict[str, dict[str, Any]], groups: dict[str, str]) -> list:
+    """What is wrong with the ``sample_per`` keys: the clearance must be estimated and lead its
+    BSV group (its individual value is what the centred subjects sample); the fraction must be
+    estimated, without BSV (one value per chain), and not itself sampled per something."""
+    problems = []
+
+    def kind(name: str) -> str:
+        return parameters[name].get("kind", DEFAULT_KIND.get(name, "rate"))
+
+    for name, par in parameters.items():
+        per = par.get("sample_per")
+        if per is None:
+            continue
+        where = f"parameters.{name}.sample_per"
+        if kind(name) != "clearance" or par["fixed"]:
+            problems.append(f"{where}: only an estimated clearance can be sampled per a fraction")
+        if par["bsv"] and groups.get(par.get("bsv_group") or name) != name:
+            problems.append(
+                f"{where}: {name} shares the subject effect of "
+                f"{groups.get(par.get('bsv_group') or name)!r}; only a group's first parameter "
+                "can be sampled per a fraction"
+            )
+        other = parameters.get(per)
+        if other is None:
+            problems.append(f"{where}: {per!r} is not a parameter of the model")
+        elif kind(per) != "fraction" or other["fixed"] or other["bsv"] or "sample_per" in other:
+            problems.append(
+                f"{where}: {per!r} must be an estimated fraction without between-subject "
+                "variability (and not itself sampled per another parameter)"
+            )
+    return problems
+
+
 def validate_spec(raw: Any, source: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a model specification must be a mapping")
@@ -160,6 +193,23 @@ def validate_spec(raw: Any, source: str) -> dict[str, Any]:
             )
     bsv = spec.get("bsv", {})
     groups = bsv_groups(spec["parameters"])
+    problems += _sample_per_problems(spec["parameters"], groups)
+    if bsv.get("centred_scale") == "apparent":
+        pars = spec["parameters"]
+        if "NK" not in mets:
+            problems.append("bsv.centred_scale: apparent clearances need the metabolite NK")
+        elif not (
+            {"cl_f", "cl_o"} <= set(pars)
+            and pars["cl_f"].get("bsv_group")
+            and pars["cl_f"]["bsv"]
+            and groups.get(pars["cl_f"].get("bsv_group") or "cl_f") == "cl_f"
+            and pars["cl_o"]["bsv"]
+            and pars["cl_o"].get("bsv_group") == pars["cl_f"].get("bsv_group")
+        ):
+            problems.append(
+                "bsv.centred_scale: apparent clearances need cl_f and cl_o in one BSV group "
+                "(bsv_group), cl_f first"
+            )
     for g in bsv.get("noncentred_groups", []):
         if g not in groups:
             problems.append(
@@ -215,5 +265,21 @@ def with_bsv(spec: PKSpec, **bsv: Any) -> PKSpec:
     again, e.g. ``parameterisation="noncentred"``); its digest is that of the new settings."""
     raw = copy.deepcopy(spec.spec)
     raw["bsv"].update(bsv)
+    new = validate_spec(raw, spec.path)
+    return PKSpec(name=spec.name, path=spec.path, spec=new, sha256=_digest(new))
+
+
+def with_parameter(spec: PKSpec, name: str, **keys: Any) -> PKSpec:
+    """The same specification with other keys of parameter ``name`` (validated again; a key
+    given as None is removed), e.g. ``with_parameter(spec, "cl_hnk", sample_per="fm_hnk")``."""
+    raw = copy.deepcopy(spec.spec)
+    if name not in raw["parameters"]:
+        raise SpecError(f"{spec.path}: parameters.{name}: not a parameter of the model")
+    par = raw["parameters"][name]
+    for key, value in keys.items():
+        if value is None:
+            par.pop(key, None)
+        else:
+            par[key] = value
     new = validate_spec(raw, spec.path)
     return PKSpec(name=spec.name, path=spec.path, spec=new, sha256=_digest(new))
