@@ -99,9 +99,9 @@ def run_one(args: argparse.Namespace) -> dict:
     how = "noncentred" if args.one_backend == "stan" else args.parameterisation
     if how is not None:
         spec = with_bsv(spec, parameterisation=how)
-    if args.centred_scale is not None and args.one_backend != "stan":
-        spec = with_bsv(spec, centred_scale=args.centred_scale)
     if args.one_backend != "stan":  # the Stan program samples the clearances themselves
+        if args.centred_scale is not None:
+            spec = with_bsv(spec, centred_scale=args.centred_scale)
         for item in args.sample_per:
             name, _, per = item.partition("=")
             spec = with_parameter(spec, name, sample_per=per or None)

@@ -35,6 +35,11 @@ DEFAULT_KIND = {
 }  # fmt: skip
 
 
+def parameter_kind(name: str, par: dict[str, Any]) -> str:
+    """What a parameter is: its ``kind``, else the default for its name, else a rate."""
+    return par.get("kind", DEFAULT_KIND.get(name, "rate"))
+
+
 class SpecError(ConfigError):
     """A model specification that cannot be used; the message names the file and key."""
 
@@ -83,7 +88,7 @@ class PKSpec:
         return float(value[chain]) if isinstance(value, dict) else float(value)
 
     def kind(self, name: str) -> str:
-        return self.parameters[name].get("kind", DEFAULT_KIND.get(name, "rate"))
+        return parameter_kind(name, self.parameters[name])
 
     def estimated(self) -> list[str]:
         return [n for n, p in self.parameters.items() if not p["fixed"]]
@@ -123,27 +128,28 @@ def _sample_per_problems(parameters: dict[str, dict[str, Any]], groups: dict[str
     BSV group (its individual value is what the centred subjects sample); the fraction must be
     estimated, without BSV (one value per chain), and not itself sampled per something."""
     problems = []
-
-    def kind(name: str) -> str:
-        return parameters[name].get("kind", DEFAULT_KIND.get(name, "rate"))
-
     for name, par in parameters.items():
         per = par.get("sample_per")
         if per is None:
             continue
         where = f"parameters.{name}.sample_per"
-        if kind(name) != "clearance" or par["fixed"]:
+        if parameter_kind(name, par) != "clearance" or par["fixed"]:
             problems.append(f"{where}: only an estimated clearance can be sampled per a fraction")
-        if par["bsv"] and groups.get(par.get("bsv_group") or name) != name:
+        leader = groups.get(par.get("bsv_group") or name)
+        if par["bsv"] and leader != name:
             problems.append(
-                f"{where}: {name} shares the subject effect of "
-                f"{groups.get(par.get('bsv_group') or name)!r}; only a group's first parameter "
-                "can be sampled per a fraction"
+                f"{where}: {name} shares the subject effect of {leader!r}; only a group's first "
+                "parameter can be sampled per a fraction"
             )
         other = parameters.get(per)
         if other is None:
             problems.append(f"{where}: {per!r} is not a parameter of the model")
-        elif kind(per) != "fraction" or other["fixed"] or other["bsv"] or "sample_per" in other:
+        elif (
+            parameter_kind(per, other) != "fraction"
+            or other["fixed"]
+            or other["bsv"]
+            or "sample_per" in other
+        ):
             problems.append(
                 f"{where}: {per!r} must be an estimated fraction without between-subject "
                 "variability (and not itself sampled per another parameter)"
@@ -177,7 +183,7 @@ def validate_spec(raw: Any, source: str) -> dict[str, Any]:
         typical = par["typical"]
         if stereo != "enantiomers" and isinstance(typical, dict):
             problems.append(f"parameters.{name}.typical: a {stereo} model takes one number")
-        kind = par.get("kind", DEFAULT_KIND.get(name))
+        kind = parameter_kind(name, par)
         values = typical.values() if isinstance(typical, dict) else [typical]
         top_ok = (lambda v: v <= 1) if par["fixed"] else (lambda v: v < 1)
         if kind == "fraction" and any(not (0 < v and top_ok(v)) for v in values):
@@ -200,11 +206,11 @@ def validate_spec(raw: Any, source: str) -> dict[str, Any]:
             problems.append("bsv.centred_scale: apparent clearances need the metabolite NK")
         elif not (
             {"cl_f", "cl_o"} <= set(pars)
-            and pars["cl_f"].get("bsv_group")
             and pars["cl_f"]["bsv"]
-            and groups.get(pars["cl_f"].get("bsv_group") or "cl_f") == "cl_f"
             and pars["cl_o"]["bsv"]
-            and pars["cl_o"].get("bsv_group") == pars["cl_f"].get("bsv_group")
+            and pars["cl_f"].get("bsv_group")
+            and pars["cl_o"].get("bsv_group") == pars["cl_f"]["bsv_group"]
+            and groups[pars["cl_f"]["bsv_group"]] == "cl_f"
         ):
             problems.append(
                 "bsv.centred_scale: apparent clearances need cl_f and cl_o in one BSV group "
@@ -265,8 +271,7 @@ def with_bsv(spec: PKSpec, **bsv: Any) -> PKSpec:
     again, e.g. ``parameterisation="noncentred"``); its digest is that of the new settings."""
     raw = copy.deepcopy(spec.spec)
     raw["bsv"].update(bsv)
-    new = validate_spec(raw, spec.path)
-    return PKSpec(name=spec.name, path=spec.path, spec=new, sha256=_digest(new))
+    return _respecified(spec, raw)
 
 
 def with_parameter(spec: PKSpec, name: str, **keys: Any) -> PKSpec:
@@ -281,5 +286,10 @@ def with_parameter(spec: PKSpec, name: str, **keys: Any) -> PKSpec:
             par.pop(key, None)
         else:
             par[key] = value
+    return _respecified(spec, raw)
+
+
+def _respecified(spec: PKSpec, raw: dict[str, Any]) -> PKSpec:
+    """``spec`` with the content ``raw`` (validated again), its digest that of the new content."""
     new = validate_spec(raw, spec.path)
     return PKSpec(name=spec.name, path=spec.path, spec=new, sha256=_digest(new))
