@@ -14,8 +14,9 @@ and the command; the scaling exponent of seconds per effective sample against su
 (least squares on log-log, per backend) and the nutpie/Stan ESS-per-second ratio go to
 benchmarks/results/pk_fit_summary.json. ``--include`` adds the rows of earlier runs of the same
 protocol (model, draws, tuning, chains, cores, target acceptance, mass matrix: read from each
-row's recorded command, and refused when any differs) to the summary, so that one long sweep
-can be run in parts.
+row's recorded command, and refused when any differs) on the same model specification (the hash
+of its file, recorded per row as spec_sha256) to the summary, so that one long sweep can be run
+in parts.
 
 Usage (defaults: the issue's protocol, 4 chains x 1000 draws after 1000 tuning, 2 cores):
 
@@ -186,11 +187,29 @@ def protocol(args: argparse.Namespace) -> dict:
     return {k: getattr(args, k) for k in PROTOCOL}
 
 
-def included_rows(paths: list[Path], parser: argparse.ArgumentParser, want: dict) -> pd.DataFrame:
-    """Rows of earlier runs whose recorded command ran the protocol ``want``; else an error."""
+def spec_sha256(model: str) -> str:
+    """The hash of the model's specification as shipped (before the command's options)."""
+    from ketamine_pmx.specs import load_pk_spec
+
+    return load_pk_spec(REPO / "models" / f"{model}.yaml").sha256
+
+
+def included_rows(
+    paths: list[Path], parser: argparse.ArgumentParser, want: dict, sha256: str
+) -> pd.DataFrame:
+    """Rows of earlier runs whose recorded command ran the protocol ``want`` on the model
+    specification whose hash is ``sha256``; else an error."""
     frames = []
     for path in paths:
         rows = pd.read_csv(path)
+        recorded = rows["spec_sha256"] if "spec_sha256" in rows else pd.Series([""] * len(rows))
+        for i, got_sha in enumerate(recorded):
+            if got_sha != sha256:
+                raise SystemExit(
+                    f"{path}: row {i + 2} was fitted with another version of "
+                    f"models/{want['model']}.yaml (spec_sha256 {got_sha or 'not recorded'}, "
+                    f"this run's {sha256})"
+                )
         for i, command in enumerate(rows["command"]):
             words = shlex.split(command)
             got = protocol(parser.parse_args(words[words.index("benchmarks/pk_fit.py") + 1 :]))
@@ -223,7 +242,7 @@ def machine() -> str:
     return f"{cpu}; {os.cpu_count()} logical CPUs; {platform.system()} {platform.release()}; Python {platform.python_version()}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[50, 100, 200, 400])
     p.add_argument("--backends", nargs="+", default=["nutpie", "pymc", "stan"])
@@ -266,6 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--one-backend", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
 
     if args.one_size is not None:  # child: one fit, one JSON line on stdout
@@ -273,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     command = "python benchmarks/pk_fit.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    earlier = included_rows(args.include, p, protocol(args))  # before any expensive work
+    sha256 = spec_sha256(args.model)
+    earlier = included_rows(args.include, p, protocol(args), sha256)  # before expensive work
     rows, notes = [], []
     for size in args.sizes:
         for backend in args.backends:
@@ -303,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         print("no fit succeeded", file=sys.stderr)
         return 1
     table = pd.DataFrame(rows)
+    table["spec_sha256"] = sha256
     table["machine"] = machine()
     table["command"] = command
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -326,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = (wide["nutpie"] / wide["pymc"]).dropna()
         summary["nutpie_over_pymc_min_ess_per_s"] = {int(k): round(v, 2) for k, v in ratio.items()}
     args.out.with_name(args.out.stem + "_summary.json").write_text(json.dumps(summary, indent=2))
-    print(table.drop(columns=["machine", "command"]).to_string(index=False))
+    print(table.drop(columns=["spec_sha256", "machine", "command"]).to_string(index=False))
     print(json.dumps(summary, indent=2))
     return 0
 
