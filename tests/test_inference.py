@@ -321,8 +321,8 @@ def test_enantiomer_correlation_needs_two_enantiomers():
 
 def test_noncentred_groups_must_be_bsv_groups(spec):
     raw = copy.deepcopy(spec.spec)
-    raw["bsv"]["noncentred_groups"] = ["q"]  # the default model has no BSV on q
-    with pytest.raises(SpecError, match=r"bsv\.noncentred_groups: 'q' is not a BSV group"):
+    raw["bsv"]["noncentred_groups"] = ["q", "v_nk"]  # v_nk is fixed: no subject effects
+    with pytest.raises(SpecError, match=r"bsv\.noncentred_groups: 'v_nk' is not a BSV group"):
         validate_spec(raw, "models/x.yaml")
 
 

@@ -7,7 +7,7 @@
 //   log theta_pop[c] ~ Normal(log typical[c], prior_sd)   cl_f cl_o vc q vp cl_nk cl_hnk
 //   logit fm_hnk_pop[c] ~ Normal(logit typical[c], prior_sd)
 //   omega_g[c] ~ HalfNormal(omega_prior_sd), z_g[i, c] ~ Normal(0, 1), eta = omega * z
-//       (groups cl (cl_f and cl_o), vc, vp, cl_nk, cl_hnk)
+//       (groups cl (cl_f and cl_o), vc, q, vp, cl_nk, cl_hnk)
 //   e_cyp2b6[IM], e_cyp2b6[PM] ~ Normal(0, cyp_prior_sd) on log cl_f (NM: 0)
 //   theta[i, c] = exp(log theta_pop[c] + a log(WT_i / ref) + cyp + eta), a = a_cl for clearances
 //       (q included), a_v for volumes; v_nk, v_hnk fixed at typical (allometrically scaled).
@@ -309,8 +309,6 @@ transformed data {
   vector[N] allo_cl = a_cl * log_wt;
   vector[N] allo_v = a_v * log_wt;
   vector[N] zero_n = rep_vector(0, N);
-  vector[2] zero_2 = rep_vector(0, 2);
-  matrix[N, 2] zero_n2 = rep_matrix(0, N, 2);
   matrix[N, 2] v_nk = exp(allo_v) * v_nk_typical';
   matrix[N, 2] v_hnk = exp(allo_v) * v_hnk_typical';
   inv_fact[1] = 1;
@@ -324,6 +322,8 @@ parameters {
   matrix[N, 2] z_cl;
   vector<lower=0>[2] omega_vc;
   matrix[N, 2] z_vc;
+  vector<lower=0>[2] omega_q;
+  matrix[N, 2] z_q;
   vector<lower=0>[2] omega_vp;
   matrix[N, 2] z_vp;
   vector<lower=0>[2] omega_cl_nk;
@@ -347,7 +347,7 @@ model {
       individual(log_cl_f_pop, allo_cl, cyp_eff, omega_cl, z_cl),
       individual(log_cl_o_pop, allo_cl, zero_n, omega_cl, z_cl),
       individual(log_vc_pop, allo_v, zero_n, omega_vc, z_vc),
-      individual(log_q_pop, allo_cl, zero_n, zero_2, zero_n2),
+      individual(log_q_pop, allo_cl, zero_n, omega_q, z_q),
       individual(log_vp_pop, allo_v, zero_n, omega_vp, z_vp),
       individual(log_cl_nk_pop, allo_cl, zero_n, omega_cl_nk, z_cl_nk),
       individual(log_cl_hnk_pop, allo_cl, zero_n, omega_cl_hnk, z_cl_hnk),
@@ -368,11 +368,13 @@ model {
   target += normal_lpdf(e_cyp2b6 | 0, cyp_prior_sd);
   target += normal_lpdf(omega_cl | 0, omega_prior_sd) + 2 * log2();
   target += normal_lpdf(omega_vc | 0, omega_prior_sd) + 2 * log2();
+  target += normal_lpdf(omega_q | 0, omega_prior_sd) + 2 * log2();
   target += normal_lpdf(omega_vp | 0, omega_prior_sd) + 2 * log2();
   target += normal_lpdf(omega_cl_nk | 0, omega_prior_sd) + 2 * log2();
   target += normal_lpdf(omega_cl_hnk | 0, omega_prior_sd) + 2 * log2();
   target += std_normal_lpdf(to_vector(z_cl));
   target += std_normal_lpdf(to_vector(z_vc));
+  target += std_normal_lpdf(to_vector(z_q));
   target += std_normal_lpdf(to_vector(z_vp));
   target += std_normal_lpdf(to_vector(z_cl_nk));
   target += std_normal_lpdf(to_vector(z_cl_hnk));

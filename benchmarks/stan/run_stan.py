@@ -54,6 +54,7 @@ LOG_PARAMETERS = ("cl_f", "cl_o", "vc", "q", "vp", "cl_nk", "cl_hnk")
 BSV_GROUPS = {
     "cl": ("cl_f", "cl_o"),
     "vc": ("vc",),
+    "q": ("q",),
     "vp": ("vp",),
     "cl_nk": ("cl_nk",),
     "cl_hnk": ("cl_hnk",),
