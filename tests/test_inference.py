@@ -34,6 +34,7 @@ from ketamine_pmx.simulate import simulate_trial
 from ketamine_pmx.specs import (
     PKSpec,
     SpecError,
+    bsv_groups,
     load_pk_spec,
     validate_spec,
     with_bsv,
@@ -41,7 +42,7 @@ from ketamine_pmx.specs import (
 )
 
 MODELS = REPO / "models"
-GROUPS = ("cl", "vc", "vp", "cl_nk", "cl_hnk")
+GROUPS = ("cl", "vc", "q", "vp", "cl_nk", "cl_hnk")  # the default model's BSV groups
 GATE = {"rhat_max": 1.01, "ess_min": 400, "max_divergences": 0, "e_bfmi_min": 0.3}
 
 
@@ -137,6 +138,7 @@ def test_centred_parameterisations_are_the_same_model(trial, spec, how, correlat
     are correlated).
     """
     table, _ = trial
+    assert tuple(bsv_groups(spec.parameters)) == GROUPS
     data = prepare_pk_data(table, spec)
     other = with_bsv(
         spec,
