@@ -3,6 +3,7 @@ run of the workflow (one per test session, shared by every test that reads its r
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,11 @@ def smoke_run(tmp_path_factory) -> Path:
     proc = run_snakemake(workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir / "results" / "smoke"
+
+
+def load_script(relative: str, name: str):
+    """A repository script that is not part of the package (benchmarks/...), as a module."""
+    module_spec = importlib.util.spec_from_file_location(name, REPO / relative)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module

@@ -3,22 +3,11 @@ thing (the same protocol on the same version of the model's specification)."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pandas as pd
 import pytest
-from conftest import REPO
+from conftest import load_script
 
-
-def _load_pk_fit():
-    path = REPO / "benchmarks" / "pk_fit.py"
-    module_spec = importlib.util.spec_from_file_location("pk_fit", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
-
-pk_fit = _load_pk_fit()
+pk_fit = load_script("benchmarks/pk_fit.py", "pk_fit")
 PROTOCOL_ARGS = ["--tune", "300", "--target-accept", "0.7", "--max-depth", "6"]
 
 
@@ -26,8 +15,13 @@ def _earlier(tmp_path, sha256, args=PROTOCOL_ARGS, name="earlier.csv"):
     path = tmp_path / name
     command = "python benchmarks/pk_fit.py " + " ".join(["--sizes", "50", *args])
     pd.DataFrame(
-        {"subjects": [50], "backend": ["nutpie"], "s_per_ess": [0.02], "spec_sha256": [sha256]}
-        | {"command": [command]}
+        {
+            "subjects": [50],
+            "backend": ["nutpie"],
+            "s_per_ess": [0.02],
+            "spec_sha256": [sha256],
+            "command": [command],
+        }
     ).to_csv(path, index=False)
     return path
 

@@ -9,12 +9,10 @@ programs (minutes; httpstan caches them under the program text).
 
 from __future__ import annotations
 
-import importlib.util
-
 import mpmath as mp
 import numpy as np
 import pytest
-from conftest import REPO, make_config
+from conftest import REPO, load_script, make_config
 
 from ketamine_pmx.data import validate_frame
 from ketamine_pmx.inference import build_pk_model, prepare_pk_data
@@ -25,15 +23,7 @@ stan = pytest.importorskip("stan")
 pytestmark = pytest.mark.slow
 
 
-def _load_run_stan():
-    path = REPO / "benchmarks" / "stan" / "run_stan.py"
-    module_spec = importlib.util.spec_from_file_location("run_stan", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
-
-run_stan = _load_run_stan()
+run_stan = load_script("benchmarks/stan/run_stan.py", "run_stan")
 
 
 @pytest.fixture(scope="module")
