@@ -131,10 +131,12 @@ def run_one(args: argparse.Namespace) -> dict:
             max_depth=args.max_depth,
         )
         idata, compile_s, sampling_s = out["idata"], out["compile_s"], out["sampling_s"]
+        tuning_steps = float("nan")
     else:
         idata, _ = fit_pk(table, spec, sampler, args.seed)
         attrs = idata.posterior.attrs
         compile_s, sampling_s = attrs["compile_seconds"], attrs["sampling_seconds"]
+        tuning_steps = attrs["tuning_leapfrog_steps"]
     diag = diagnostics_table(idata)
     params = diag[diag["parameter"].str.split("[").str[0].isin(population_variables(idata))]
     stats = run_statistics(idata)
@@ -159,6 +161,10 @@ def run_one(args: argparse.Namespace) -> dict:
             if "n_steps" in idata.sample_stats
             else float("nan")
         ),
+        # the same per tuning iteration: how much of the sampling time tuning takes
+        "steps_per_tuning_iteration": round(tuning_steps / (args.chains * args.tune), 1)
+        if args.tune
+        else float("nan"),
         # Stan's chains run in worker processes: count the largest of them too.
         "peak_rss_mb": round(
             max(resource.getrusage(who).ru_maxrss for who in (RUSAGE_SELF, RUSAGE_CHILDREN)) / 1024,

@@ -38,3 +38,16 @@ def test_max_depth_caps_the_trajectories(backend):
     assert int(capped["tree_depth"].max()) <= 2
     if "n_steps" in capped:
         assert int(capped["n_steps"].max()) <= 3
+
+
+@pytest.mark.parametrize("backend", ["nutpie", "pymc"])
+def test_tuning_steps_are_counted_apart_from_the_draws(backend):
+    """The tuning iterations' leapfrog steps: at least one per iteration and chain, at most a
+    full tree each; the draws' steps are not among them."""
+    settings = sampler(backend, max_depth=3)
+    run = run_nuts(ill_conditioned(), settings, seed=3)
+    iterations = settings["chains"] * settings["tune"]
+    assert iterations <= run.tuning_steps <= iterations * (2**3 - 1)
+    longer = run_nuts(ill_conditioned(), {**settings, "tune": 4 * settings["tune"]}, seed=3)
+    assert longer.tuning_steps > 2 * run.tuning_steps
+    assert run.idata.sample_stats.sizes["draw"] == settings["draws"]

@@ -624,6 +624,7 @@ def sample_pk(
             "seed": int(seed),
             "compile_seconds": run.compile_seconds,
             "sampling_seconds": run.sampling_seconds,
+            "tuning_leapfrog_steps": run.tuning_steps,
         }
     )
     return idata

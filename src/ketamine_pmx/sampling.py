@@ -20,6 +20,9 @@ class NutsRun:
     idata: az.InferenceData
     compile_seconds: float
     sampling_seconds: float
+    # leapfrog steps (gradient evaluations) of the tuning iterations, all chains together:
+    # with sampling's, where the sampling time goes
+    tuning_steps: int
 
 
 class Nuts:
@@ -71,7 +74,12 @@ class Nuts:
                 if data:
                     pm.set_data(data)
                 # The step method compiles the log density and its gradient: outside the timing.
-                step = pm.NUTS(target_accept=s["target_accept"], max_treedepth=max_depth)
+                # PyMC's early tuning has its own cap (8): a lower max_depth caps it too
+                step = pm.NUTS(
+                    target_accept=s["target_accept"],
+                    max_treedepth=max_depth,
+                    early_max_treedepth=min(8, max_depth),
+                )
                 t1 = time.perf_counter()
                 idata = pm.sample(
                     step=step,
@@ -82,13 +90,16 @@ class Nuts:
                     random_seed=seed,
                     progressbar=False,
                     compute_convergence_checks=False,
+                    discard_tuned_samples=False,  # for the tuning's step count
                 )
             compile_s = round(t1 - t0, 3)
         t2 = time.perf_counter()
+        warmup = idata.get("warmup_sample_stats")  # absent without tuning
+        tuning_steps = int(warmup["n_steps"].sum()) if warmup is not None else 0
         idata = az.InferenceData(
             posterior=idata.posterior, sample_stats=standard_sample_stats(idata.sample_stats)
         )
-        return NutsRun(idata, compile_s, round(t2 - t1, 3))
+        return NutsRun(idata, compile_s, round(t2 - t1, 3), tuning_steps)
 
 
 def run_nuts(model: pm.Model, sampler: dict[str, Any], seed: int) -> NutsRun:
