@@ -106,6 +106,9 @@ def run_one(args: argparse.Namespace) -> dict:
         for item in args.sample_per:
             name, _, per = item.partition("=")
             spec = with_parameter(spec, name, sample_per=per or None)
+        for item in args.sample_with:
+            name, _, other = item.partition("=")
+            spec = with_parameter(spec, name, sample_with=other or None)
     sampler = {
         "backend": args.one_backend,
         "draws": args.draws,
@@ -184,6 +187,7 @@ PROTOCOL = (
     "parameterisation",
     "max_depth",
     "sample_per",
+    "sample_with",
     "centred_scale",
 )
 
@@ -278,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=FRACTION",
         help="sample clearance NAME per FRACTION (the spec key sample_per; NAME= removes it)",
+    )
+    p.add_argument(
+        "--sample-with",
+        nargs="+",
+        default=[],
+        metavar="NAME=OTHER",
+        help="sample clearances NAME and OTHER as total and share (the spec key sample_with; "
+        "NAME= removes it)",
     )
     p.add_argument("--seed", type=int, default=1, help="sampler seed")
     p.add_argument("--trial-seed", type=int, default=TRIAL_SEED, help="simulator seed")

@@ -284,6 +284,59 @@ def test_apparent_centring_samples_the_clearances_the_data_identify(trial, spec)
         np.testing.assert_allclose(mapped[f"theta_{g}"], expected[g][rich], rtol=1e-12)
 
 
+def test_sampling_two_clearances_as_total_and_share_is_the_same_model(trial, spec):
+    """``sample_with``: typical cl_f and cl_o drawn as log(cl_f + cl_o) and logit of cl_f's
+    share. At corresponding points the typical values and the whole log density agree (priors
+    included: unit Jacobian, and the factorised prior is the two log-normals'); the prior's
+    draws of the two clearances keep their log-normal medians and SDs."""
+    table, _ = trial
+    data = prepare_pk_data(table, spec)
+    plain = build_pk_model(with_parameter(spec, "cl_f", sample_with=None), data)
+    pair = build_pk_model(with_parameter(spec, "cl_f", sample_with="cl_o"), data)
+    names = {v.name for v in pair.value_vars}
+    assert {"log_cl_f_cl_o_total_pop", "logit_cl_f_share_pop"} <= names
+    assert not {"log_cl_f_pop", "log_cl_o_pop"} & names
+    rng = np.random.default_rng(17)
+    for _ in range(3):
+        point = plain.initial_point()
+        point = {k: v + 0.3 * rng.standard_normal(np.shape(v)) for k, v in point.items()}
+        a, b = point.pop("log_cl_f_pop"), point.pop("log_cl_o_pop")
+        mapped = {
+            **point,
+            "log_cl_f_cl_o_total_pop": np.logaddexp(a, b),
+            "logit_cl_f_share_pop": a - b,
+        }
+        point.update(log_cl_f_pop=a, log_cl_o_pop=b)
+        got = evaluate(pair, [pair["log_cl_f_pop"], pair["log_cl_o_pop"]], mapped)
+        np.testing.assert_allclose(got, [a, b], rtol=1e-12)
+        assert pair.compile_logp()(mapped) == pytest.approx(plain.compile_logp()(point), rel=1e-12)
+    prior = pm.draw([pair["log_cl_f_pop"], pair["log_cl_o_pop"]], draws=40000, random_seed=5)
+    for name, draws in zip(("cl_f", "cl_o"), prior, strict=True):
+        expected = np.log([spec.typical(name, c) for c in spec.chains])
+        np.testing.assert_allclose(draws.mean(axis=0), expected, atol=0.03)
+        np.testing.assert_allclose(draws.std(axis=0), spec.parameters[name]["prior_sd"], rtol=0.03)
+
+
+@pytest.mark.parametrize(
+    ("name", "other", "message"),
+    [
+        ("cl_f", "cl_nope", "not a parameter"),
+        ("cl_f", "vc", "'vc' is not an estimated clearance"),
+        ("cl_f", "cl_f", "cannot be sampled with itself"),
+        ("cl_nk", "cl_hnk", "'cl_hnk' is sampled per a fraction"),
+    ],
+)
+def test_sample_with_is_refused_where_it_cannot_apply(spec, name, other, message):
+    with pytest.raises(SpecError, match=rf"parameters\.{name}\.sample_with: .*{message}"):
+        with_parameter(spec, name, sample_with=other)
+
+
+def test_a_clearance_is_sampled_with_one_other_only(spec):
+    paired = with_parameter(spec, "cl_f", sample_with="cl_o")
+    with pytest.raises(SpecError, match=r"'cl_o' is already sampled with 'cl_f'"):
+        with_parameter(paired, "cl_nk", sample_with="cl_o")
+
+
 @pytest.mark.parametrize(
     ("model", "change", "message"),
     [

@@ -235,8 +235,16 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
         ind: dict[str, Any] = {}
         # log of the fraction a clearance is sampled per (sample_per), per chain
         log_per: dict[str, Any] = {}
-        # fractions first: a clearance sampled per one needs its value
-        for name in sorted(spec.parameters, key=lambda n: "sample_per" in spec.parameters[n]):
+        # log typical values already drawn with another parameter's (sample_with)
+        log_pops: dict[str, Any] = {}
+
+        # fractions first (a clearance sampled per one needs its value), and a clearance
+        # sampled with another before that other
+        def order(name: str) -> tuple[bool, bool]:
+            par = spec.parameters[name]
+            return "sample_per" in par, "sample_with" not in par
+
+        for name in sorted(spec.parameters, key=order):
             par = spec.parameters[name]
             kind = spec.kind(name)
             typical = np.array([spec.typical(name, c) for c in chains])
@@ -256,6 +264,11 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
             scale = {"clearance": a_cl, "volume": a_v}.get(kind, 0.0)
             if par["fixed"]:
                 log_pop = pt.as_tensor(np.log(typical))
+            elif name in log_pops:
+                log_pop = log_pops[name]
+            elif par.get("sample_with"):
+                log_pops.update(_total_and_share(spec, name, par["sample_with"]))
+                log_pop = log_pops[name]
             elif par.get("sample_per"):
                 # log(cl / f) | f ~ Normal(log typical - log f, sd) is log cl ~ Normal(log
                 # typical, sd) (a shift: unit Jacobian), so the prior and the model are as
@@ -299,6 +312,37 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
         pred = _chain_conc(spec, data.layout, flat)
         _likelihood(spec, data, pred, observed)
     return model
+
+
+def _total_and_share(spec: PKSpec, first: str, second: str) -> dict[str, Any]:
+    """Typical values of two clearances of one compartment (``sample_with``), drawn as their
+    total and the first one's share of it, the quantities the data fix best (the parent's
+    concentrations its total clearance, the metabolite's the share that forms it).
+
+    With a = log cl_1 ~ Normal(m1, s1) and b = log cl_2 ~ Normal(m2, s2) independent, the free
+    variables u = log(cl_1 + cl_2) and v = logit(cl_1 / (cl_1 + cl_2)) have a unit Jacobian
+    (a = u + log sigmoid(v), b = u + log sigmoid(-v)) and their density factorises exactly:
+    v ~ Normal(m1 - m2, sqrt(s1^2 + s2^2)) and, given v, u ~ Normal with precision
+    1/s1^2 + 1/s2^2 and the precision-weighted mean of m1 - log sigmoid(v) and
+    m2 - log sigmoid(-v). The same prior and the same model; other coordinates.
+    """
+    chains = list(spec.chains)
+    m1 = np.log([spec.typical(first, c) for c in chains])
+    m2 = np.log([spec.typical(second, c) for c in chains])
+    s1, s2 = spec.parameters[first]["prior_sd"], spec.parameters[second]["prior_sd"]
+    share = pm.Normal(f"logit_{first}_share_pop", m1 - m2, np.hypot(s1, s2), dims="enantiomer")
+    log_share, log_rest = -pt.softplus(-share), -pt.softplus(share)
+    w1, w2 = s1**-2, s2**-2
+    log_total = pm.Normal(
+        f"log_{first}_{second}_total_pop",
+        (w1 * (m1 - log_share) + w2 * (m2 - log_rest)) / (w1 + w2),
+        (w1 + w2) ** -0.5,
+        dims="enantiomer",
+    )
+    return {
+        first: pm.Deterministic(f"log_{first}_pop", log_total + log_share, dims="enantiomer"),
+        second: pm.Deterministic(f"log_{second}_pop", log_total + log_rest, dims="enantiomer"),
+    }
 
 
 def _centring_shifts(

@@ -157,6 +157,38 @@ def _sample_per_problems(parameters: dict[str, dict[str, Any]], groups: dict[str
     return problems
 
 
+def _sample_with_problems(parameters: dict[str, dict[str, Any]]) -> list:
+    """What is wrong with the ``sample_with`` keys: two estimated clearances, each in one pair
+    only, neither sampled per a fraction (their typical values are the pair's)."""
+    problems = []
+    paired: dict[str, str] = {}
+    for name, par in parameters.items():
+        other = par.get("sample_with")
+        if other is None:
+            continue
+        where = f"parameters.{name}.sample_with"
+        pair = [name, other]
+        if other not in parameters:
+            problems.append(f"{where}: {other!r} is not a parameter of the model")
+            continue
+        if other == name:
+            problems.append(f"{where}: a clearance cannot be sampled with itself")
+            continue
+        for n in pair:
+            p = parameters[n]
+            if parameter_kind(n, p) != "clearance" or p["fixed"]:
+                problems.append(f"{where}: {n!r} is not an estimated clearance")
+            if "sample_per" in p:
+                problems.append(
+                    f"{where}: {n!r} is sampled per a fraction (sample_per); a pair's typical "
+                    "values are its total and share"
+                )
+            if n in paired:
+                problems.append(f"{where}: {n!r} is already sampled with {paired[n]!r}")
+        paired.update({name: other, other: name})
+    return problems
+
+
 def validate_spec(raw: Any, source: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a model specification must be a mapping")
@@ -200,6 +232,7 @@ def validate_spec(raw: Any, source: str) -> dict[str, Any]:
     bsv = spec.get("bsv", {})
     groups = bsv_groups(spec["parameters"])
     problems += _sample_per_problems(spec["parameters"], groups)
+    problems += _sample_with_problems(spec["parameters"])
     if bsv.get("centred_scale") == "apparent":
         pars = spec["parameters"]
         if "NK" not in mets:
