@@ -106,6 +106,10 @@ def run_one(args: argparse.Namespace) -> dict:
         for item in args.sample_per:
             name, _, per = item.partition("=")
             spec = with_parameter(spec, name, sample_per=per or None)
+        if args.centring_weights:  # partially centred groups are no longer non-centred
+            weights = {g: float(w) for g, _, w in (i.partition("=") for i in args.centring_weights)}
+            kept = [g for g in spec.spec["bsv"]["noncentred_groups"] if g not in weights]
+            spec = with_bsv(spec, centring_weights=weights, noncentred_groups=kept)
         for item in args.sample_with:
             name, _, other = item.partition("=")
             spec = with_parameter(spec, name, sample_with=other or None)
@@ -189,6 +193,7 @@ PROTOCOL = (
     "sample_per",
     "sample_with",
     "centred_scale",
+    "centring_weights",
 )
 
 
@@ -290,6 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=OTHER",
         help="sample clearances NAME and OTHER as total and share (the spec key sample_with; "
         "NAME= removes it)",
+    )
+    p.add_argument(
+        "--centring-weights",
+        nargs="+",
+        default=[],
+        metavar="GROUP=W",
+        help="partially centre BSV group GROUP with weight W for the rich subjects "
+        "(bsv.centring_weights; the group leaves bsv.noncentred_groups)",
     )
     p.add_argument("--seed", type=int, default=1, help="sampler seed")
     p.add_argument("--trial-seed", type=int, default=TRIAL_SEED, help="simulator seed")

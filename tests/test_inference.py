@@ -146,6 +146,7 @@ def test_centred_parameterisations_are_the_same_model(trial, spec, how, correlat
         centred_min_samples=8,
         correlation=correlation,
         noncentred_groups=kept,
+        centring_weights={},  # every group but the kept ones centred
     )
     centred = centred_subjects(data, other.spec["bsv"])
     if how == "partial":  # the smoke trial's MDD patients are rich, the CRPS arms sparse
@@ -200,6 +201,54 @@ def test_centred_parameterisations_are_the_same_model(trial, spec, how, correlat
         nc.compile_logp()(point) - jacobian, rel=1e-10
     )
     assert "theta_cl" not in {v.name for v in nc.value_vars}
+
+
+@pytest.mark.parametrize(("weight", "correlation"), [(0.3, "none"), (0.7, "enantiomer")])
+def test_partially_centred_effects_are_the_same_model(trial, spec, weight, correlation):
+    """bsv.centring_weights: the rich subjects' q effects drawn as theta~ ~ Normal(w mean,
+    omega^w) with eta = omega^(1 - w) (theta~ - w mean) are the non-centred model's etas: the
+    data term is identical and the priors differ by the Jacobian, w log omega per effect (and
+    log sqrt(1 - rho^2) per subject with S and R correlated)."""
+    table, _ = trial
+    data = prepare_pk_data(table, spec)
+    assert spec.spec["bsv"]["noncentred_groups"] == ["q"]  # the default: q non-centred
+    nc = build_pk_model(with_bsv(spec, correlation=correlation), data)
+    vip = with_bsv(
+        spec, noncentred_groups=[], centring_weights={"q": weight}, correlation=correlation
+    )
+    vip = build_pk_model(vip, data)
+    rich = centred_subjects(data, spec.spec["bsv"])
+    assert rich.any() and not rich.all()
+    rng = np.random.default_rng(23)
+    point = nc.initial_point()
+    point = {k: v + 0.2 * rng.standard_normal(np.shape(v)) for k, v in point.items()}
+    eta, omega = evaluate(nc, [nc["eta_q"], nc["omega_q"]], point)
+    mean = point["log_q_pop"][None, :] + 0.75 * np.log(data.wt / 70.0)[:, None]
+    mapped = {**point, "z_q": point["z_q"][~rich]}
+    mapped["theta_q"] = weight * mean[rich] + omega ** (weight - 1.0) * eta[rich]
+    assert set(mapped) == {v.name for v in vip.value_vars}
+    np.testing.assert_allclose(evaluate(vip, [vip["eta_q"]], mapped)[0], eta, rtol=1e-12)
+    loglik = [m.compile_logp(vars=m.observed_RVs)(x) for m, x in ((nc, point), (vip, mapped))]
+    assert loglik[1] == pytest.approx(loglik[0], rel=1e-12)
+    jacobian = rich.sum() * weight * np.log(omega).sum()
+    if correlation == "enantiomer":
+        rho = evaluate(nc, [nc["rho_q"]], point)[0]
+        jacobian += rich.sum() * 0.5 * np.log(1.0 - rho**2)
+    assert vip.compile_logp()(mapped) == pytest.approx(
+        nc.compile_logp()(point) - jacobian, rel=1e-12
+    )
+
+
+@pytest.mark.parametrize(
+    ("bsv", "message"),
+    [
+        ({"centring_weights": {"v_nk": 0.5}}, "not a BSV group"),
+        ({"centring_weights": {"q": 0.5}}, "also in bsv.noncentred_groups"),
+    ],
+)
+def test_centring_weights_are_refused_where_they_cannot_apply(spec, bsv, message):
+    with pytest.raises(SpecError, match=rf"bsv\.centring_weights\.\w+: .*{message}"):
+        with_bsv(spec, **bsv)
 
 
 def per_fraction(spec: PKSpec, name: str = "cl_hnk", per: str | None = "fm_hnk") -> PKSpec:

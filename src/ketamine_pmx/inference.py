@@ -410,7 +410,9 @@ def _subject_effects(
     individual (log or logit) value of the group's reference parameter, theta ~ Normal(mean,
     omega), is sampled with its covariate-adjusted typical value ``means[group]`` as the
     mean (NONMEM's MU referencing), and eta = theta - mean. Same model, other geometry.
-    The groups of ``cfg["noncentred_groups"]`` are non-centred for every subject.
+    The groups of ``cfg["noncentred_groups"]`` are non-centred for every subject; those of
+    ``cfg["centring_weights"]`` partially centred (weight w between the two forms) for the
+    subjects that would be centred.
     With ``correlation: enantiomer`` each group's S and R effects are bivariate normal with
     correlation rho_<group> (LKJ prior): eta = L z, L the Cholesky factor of the 2 x 2
     covariance; the full ``lkj`` block correlates every effect with every other.
@@ -450,7 +452,26 @@ def _subject_effects(
                 ]
             )
         eta = pt.zeros((n_subj, len(chains)))
-        if rich.size:
+        weight = cfg.get("centring_weights", {}).get(g, 1.0)
+        if rich.size and weight < 1.0:
+            # partially centred (Papaspiliopoulos et al. 2007; Gorinova et al. 2020):
+            # theta~ ~ Normal(w mean, omega^w), eta = omega^(1 - w) (theta~ - w mean), which is
+            # Normal(0, omega) for every w: w = 1 is the centred form above, w = 0 non-centred
+            # (with S and R correlated: covariance diag(omega^w) R diag(omega^w))
+            mean = means[g][rich]
+            scale = omega**weight
+            if paired:
+                chol_w = pt.stack(
+                    [
+                        pt.stack([scale[0], pt.zeros(())]),
+                        pt.stack([scale[1] * rho, scale[1] * pt.sqrt(1.0 - rho**2)]),
+                    ]
+                )
+                theta = pm.MvNormal(f"theta_{g}", weight * mean, chol=chol_w, shape=mean.shape)
+            else:
+                theta = pm.Normal(f"theta_{g}", weight * mean, scale, shape=mean.shape)
+            eta = pt.set_subtensor(eta[rich], omega ** (1.0 - weight) * (theta - weight * mean))
+        elif rich.size:
             mean = means[g][rich]
             if paired:
                 theta = pm.MvNormal(f"theta_{g}", mean, chol=chol, shape=(rich.size, len(chains)))

@@ -249,6 +249,12 @@ def validate_spec(raw: Any, source: str) -> dict[str, Any]:
                 "bsv.centred_scale: apparent clearances need cl_f and cl_o in one BSV group "
                 "(bsv_group), cl_f first"
             )
+    for g in bsv.get("centring_weights", {}):
+        where = f"bsv.centring_weights.{g}"
+        if g not in groups:
+            problems.append(f"{where}: not a BSV group of this model (groups: {sorted(groups)})")
+        if g in bsv.get("noncentred_groups", []):
+            problems.append(f"{where}: the group is also in bsv.noncentred_groups")
     for g in bsv.get("noncentred_groups", []):
         if g not in groups:
             problems.append(
