@@ -84,6 +84,11 @@ def make_table(n_subjects: int, seed: int) -> pd.DataFrame:
         return read_clean(Path(tmp) / "clean.csv")
 
 
+def assignments(items: list[str]) -> list[tuple[str, str]]:
+    """``NAME=VALUE`` options as (name, value) pairs (value "" for ``NAME=``)."""
+    return [(name, value) for name, _, value in (item.partition("=") for item in items)]
+
+
 def run_one(args: argparse.Namespace) -> dict:
     """One fit (called in a child process); returns its row."""
     from ketamine_pmx.inference import (
@@ -103,15 +108,13 @@ def run_one(args: argparse.Namespace) -> dict:
     if args.one_backend != "stan":  # the Stan program samples the clearances themselves
         if args.centred_scale is not None:
             spec = with_bsv(spec, centred_scale=args.centred_scale)
-        for item in args.sample_per:
-            name, _, per = item.partition("=")
+        for name, per in assignments(args.sample_per):
             spec = with_parameter(spec, name, sample_per=per or None)
         if args.centring_weights:  # partially centred groups are no longer non-centred
-            weights = {g: float(w) for g, _, w in (i.partition("=") for i in args.centring_weights)}
+            weights = {g: float(w) for g, w in assignments(args.centring_weights)}
             kept = [g for g in spec.spec["bsv"]["noncentred_groups"] if g not in weights]
             spec = with_bsv(spec, centring_weights=weights, noncentred_groups=kept)
-        for item in args.sample_with:
-            name, _, other = item.partition("=")
+        for name, other in assignments(args.sample_with):
             spec = with_parameter(spec, name, sample_with=other or None)
     sampler = {
         "backend": args.one_backend,

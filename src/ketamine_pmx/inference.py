@@ -441,48 +441,45 @@ def _subject_effects(
         rich_subjects = centred & (g not in cfg["noncentred_groups"])
         rich, sparse = np.flatnonzero(rich_subjects), np.flatnonzero(~rich_subjects)
         omega = pm.HalfNormal(f"omega_{g}", cfg["omega_prior_sd"], dims="enantiomer")
-        chol = None
+        chol = rho = None
         if paired:  # (S, R) effects correlated: LKJ(eta) on a 2 x 2 is Beta(eta, eta) on (rho+1)/2
             u = pm.Beta(f"rho01_{g}", cfg["lkj_eta"], cfg["lkj_eta"])
             rho = pm.Deterministic(f"rho_{g}", 2.0 * u - 1.0)
-            chol = pt.stack(
-                [
-                    pt.stack([omega[0], pt.zeros(())]),
-                    pt.stack([omega[1] * rho, omega[1] * pt.sqrt(1.0 - rho**2)]),
-                ]
-            )
+            chol = _pair_cholesky(omega, rho)
         eta = pt.zeros((n_subj, len(chains)))
-        weight = cfg.get("centring_weights", {}).get(g, 1.0)
-        if rich.size and weight < 1.0:
-            # partially centred (Papaspiliopoulos et al. 2007; Gorinova et al. 2020):
-            # theta~ ~ Normal(w mean, omega^w), eta = omega^(1 - w) (theta~ - w mean), which is
-            # Normal(0, omega) for every w: w = 1 is the centred form above, w = 0 non-centred
-            # (with S and R correlated: covariance diag(omega^w) R diag(omega^w))
+        if rich.size:
+            # centred: theta ~ Normal(mean, omega), eta = theta - mean. With a weight w < 1
+            # (bsv.centring_weights) partially centred (Papaspiliopoulos et al. 2007; Gorinova
+            # et al. 2020): theta~ ~ Normal(w mean, omega^w), eta = omega^(1 - w) (theta~ -
+            # w mean), Normal(0, omega) for every w (w = 0 is the non-centred form); with S
+            # and R correlated the covariance is diag(omega^w) R diag(omega^w)
+            weight = cfg.get("centring_weights", {}).get(g, 1.0)
             mean = means[g][rich]
-            scale = omega**weight
+            loc, scale = (mean, omega) if weight == 1.0 else (weight * mean, omega**weight)
             if paired:
-                chol_w = pt.stack(
-                    [
-                        pt.stack([scale[0], pt.zeros(())]),
-                        pt.stack([scale[1] * rho, scale[1] * pt.sqrt(1.0 - rho**2)]),
-                    ]
-                )
-                theta = pm.MvNormal(f"theta_{g}", weight * mean, chol=chol_w, shape=mean.shape)
+                pair = _pair_cholesky(scale, rho)
+                theta = pm.MvNormal(f"theta_{g}", loc, chol=pair, shape=(rich.size, len(chains)))
             else:
-                theta = pm.Normal(f"theta_{g}", weight * mean, scale, shape=mean.shape)
-            eta = pt.set_subtensor(eta[rich], omega ** (1.0 - weight) * (theta - weight * mean))
-        elif rich.size:
-            mean = means[g][rich]
-            if paired:
-                theta = pm.MvNormal(f"theta_{g}", mean, chol=chol, shape=(rich.size, len(chains)))
-            else:
-                theta = pm.Normal(f"theta_{g}", mean, omega, shape=(rich.size, len(chains)))
-            eta = pt.set_subtensor(eta[rich], theta - mean)
+                theta = pm.Normal(f"theta_{g}", loc, scale, shape=(rich.size, len(chains)))
+            eta_rich = theta - loc
+            if weight != 1.0:
+                eta_rich = omega ** (1.0 - weight) * eta_rich
+            eta = pt.set_subtensor(eta[rich], eta_rich)
         if sparse.size:
             z = pm.Normal(f"z_{g}", 0.0, 1.0, shape=(sparse.size, len(chains)))
             eta = pt.set_subtensor(eta[sparse], z @ chol.T if paired else omega * z)
         etas[g] = pm.Deterministic(f"eta_{g}", eta, dims=("subject", "enantiomer"))
     return etas
+
+
+def _pair_cholesky(scale: Any, rho: Any) -> Any:
+    """Cholesky factor of the 2 x 2 (S, R) covariance with SDs ``scale`` and correlation rho."""
+    return pt.stack(
+        [
+            pt.stack([scale[0], pt.zeros(())]),
+            pt.stack([scale[1] * rho, scale[1] * pt.sqrt(1.0 - rho**2)]),
+        ]
+    )
 
 
 def _chain_conc(
