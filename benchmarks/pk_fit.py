@@ -103,7 +103,9 @@ def run_one(args: argparse.Namespace) -> dict:
     spec = load_pk_spec(REPO / "models" / f"{args.model}.yaml")
     # The Stan program is written non-centred: the same posterior in other free variables.
     how = "noncentred" if args.one_backend == "stan" else args.parameterisation
-    if how is not None:
+    if how == "information":  # every effect's weight from its information: no hand-picked ones
+        spec = with_bsv(spec, parameterisation=how, noncentred_groups=[], centring_weights={})
+    elif how is not None:
         spec = with_bsv(spec, parameterisation=how)
     if args.one_backend != "stan":  # the Stan program samples the clearances themselves
         if args.centred_scale is not None:
@@ -114,6 +116,8 @@ def run_one(args: argparse.Namespace) -> dict:
             weights = {g: float(w) for g, w in assignments(args.centring_weights)}
             kept = [g for g in spec.spec["bsv"]["noncentred_groups"] if g not in weights]
             spec = with_bsv(spec, centring_weights=weights, noncentred_groups=kept)
+        if args.whitening is not None:
+            spec = with_bsv(spec, whitening=args.whitening)
         for name, other in assignments(args.sample_with):
             spec = with_parameter(spec, name, sample_with=other or None)
     sampler = {
@@ -141,11 +145,12 @@ def run_one(args: argparse.Namespace) -> dict:
             max_depth=args.max_depth,
         )
         idata, compile_s, sampling_s = out["idata"], out["compile_s"], out["sampling_s"]
-        tuning_steps = float("nan")
+        tuning_steps = build_s = float("nan")
     else:
         idata, _ = fit_pk(table, spec, sampler, args.seed)
         attrs = idata.posterior.attrs
         compile_s, sampling_s = attrs["compile_seconds"], attrs["sampling_seconds"]
+        build_s = attrs["build_seconds"]
         tuning_steps = attrs["tuning_leapfrog_steps"]
     diag = diagnostics_table(idata)
     params = diag[diag["parameter"].str.split("[").str[0].isin(population_variables(idata))]
@@ -156,6 +161,8 @@ def run_one(args: argparse.Namespace) -> dict:
         "backend": args.one_backend,
         "observations": int(idata.observed_data["y"].size),
         "parameterisation": spec.spec["bsv"]["parameterisation"],
+        # building the PyMC model (with bsv.whitening: laplace, its empirical Bayes step)
+        "build_s": round(float(build_s), 2),
         "compile_s": round(float(compile_s), 2),
         "sampling_s": round(float(sampling_s), 2),
         "min_ess_bulk": round(ess_bulk, 1),
@@ -197,6 +204,7 @@ PROTOCOL = (
     "sample_with",
     "centred_scale",
     "centring_weights",
+    "whitening",
 )
 
 
@@ -276,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--parameterisation",
-        choices=["noncentred", "centred", "partial"],
+        choices=["noncentred", "centred", "partial", "information"],
         help="subject effects (default: the spec's; Stan always runs non-centred)",
     )
     p.add_argument(
@@ -306,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="GROUP=W",
         help="partially centre BSV group GROUP with weight W for the rich subjects "
         "(bsv.centring_weights; the group leaves bsv.noncentred_groups)",
+    )
+    p.add_argument(
+        "--whitening",
+        choices=["none", "laplace"],
+        default=None,
+        help="bsv.whitening: sample each subject's effects in coordinates that whiten its "
+        "Laplace approximation (default: the spec's setting)",
     )
     p.add_argument("--seed", type=int, default=1, help="sampler seed")
     p.add_argument("--trial-seed", type=int, default=TRIAL_SEED, help="simulator seed")

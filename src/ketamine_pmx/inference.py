@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ import pandas as pd
 import pymc as pm
 import pytensor.tensor as pt
 import xarray as xr
+from pymc.logprob.transforms import Transform
 
 from . import __version__
 from .contract import (
@@ -210,6 +212,8 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
     cov = spec.spec["covariates"]
     allo = cov.get("allometry", {})
     bsv_cfg = spec.spec["bsv"]
+    if bsv_cfg["parameterisation"] == "information" or bsv_cfg["whitening"] != "none":
+        coords["bsv_group"] = list(bsv_groups(spec.parameters))
     if allo.get("enabled", True):
         log_wt = np.log(data.wt / allo.get("reference_weight_kg", 70.0))
     else:
@@ -297,8 +301,25 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
             g: means[first] - shifts[g] if g in shifts else means[first]
             for g, first in bsv_groups(spec.parameters).items()
         }
-        centred = centred_subjects(data, bsv_cfg)
-        etas = _subject_effects(list(group_means), chains, n_subj, bsv_cfg, group_means, centred)
+        if bsv_cfg["parameterisation"] == "information" or bsv_cfg["whitening"] != "none":
+            from .whitening import posthoc, subject_whitening  # they build on this module
+
+            groups = list(group_means)
+            laplace = posthoc(spec, data)
+            if bsv_cfg["parameterisation"] == "information":
+                weights = information_weights(laplace, spec)
+            else:
+                weights = centring_weights(groups, centred_subjects(data, bsv_cfg), bsv_cfg)
+                weights = np.broadcast_to(weights[:, None, :], laplace.eta.shape)
+            white = None
+            if bsv_cfg["whitening"] == "laplace":
+                white = subject_whitening(spec, laplace, weights)
+            etas = _joint_subject_effects(groups, bsv_cfg, group_means, weights, white)
+        else:
+            centred = centred_subjects(data, bsv_cfg)
+            etas = _subject_effects(
+                list(group_means), chains, n_subj, bsv_cfg, group_means, centred
+            )
 
         for name, par in spec.parameters.items():
             if name in ind:
@@ -470,6 +491,89 @@ def _subject_effects(
             eta = pt.set_subtensor(eta[sparse], z @ chol.T if paired else omega * z)
         etas[g] = pm.Deterministic(f"eta_{g}", eta, dims=("subject", "enantiomer"))
     return etas
+
+
+def centring_weights(groups: list[str], centred: np.ndarray, cfg: dict[str, Any]) -> np.ndarray:
+    """Centring weight of each (subject, BSV group): 1 centred, 0 non-centred, the group's
+    ``bsv.centring_weights`` entry for a partially centred one (as :func:`_subject_effects`)."""
+    weights = np.zeros((len(centred), len(groups)))
+    for k, g in enumerate(groups):
+        if g not in cfg["noncentred_groups"]:
+            weights[centred, k] = cfg.get("centring_weights", {}).get(g, 1.0)
+    return weights
+
+
+class _BlockLinear(Transform):
+    """A fixed linear map of every (subject, chain) block of the last axis: the sampler's
+    coordinates are u = F f, with F = ``forward[s, c]`` and its inverse ``backward[s, c]``;
+    log |det df/du| is the constant sum of ``log_jac``."""
+
+    name = "whitened"
+
+    def __init__(self, forward: np.ndarray, backward: np.ndarray, log_jac: np.ndarray):
+        self.fwd = pt.as_tensor(np.ascontiguousarray(forward))
+        self.bwd = pt.as_tensor(np.ascontiguousarray(backward))
+        self.log_jac = pt.as_tensor(np.ascontiguousarray(log_jac))
+
+    def forward(self, value: Any, *inputs: Any) -> Any:
+        return (self.fwd * value[..., None, :]).sum(axis=-1)
+
+    def backward(self, value: Any, *inputs: Any) -> Any:
+        return (self.bwd * value[..., None, :]).sum(axis=-1)
+
+    def log_jac_det(self, value: Any, *inputs: Any) -> Any:
+        return pt.zeros_like(value) + self.log_jac
+
+
+def _joint_subject_effects(
+    groups: list[str],
+    cfg: dict[str, Any],
+    means: dict[str, Any],
+    weights: np.ndarray,
+    white: Any = None,
+) -> dict[str, Any]:
+    """Subject effects of every group as one free variable (subject, chain, group), with a
+    centring weight per element (``bsv.parameterisation: information``) and, with
+    ``bsv.whitening: laplace``, sampled in whitened coordinates (:mod:`ketamine_pmx.whitening`).
+
+    With the weight w of (subject, chain, group), f ~ Normal(w mean, omega^w) and eta =
+    omega^(1 - w) (f - w mean): the forms of :func:`_subject_effects` (w = 1 centred, 0
+    non-centred, between: partially centred), Normal(0, omega) for every w. ``white`` maps f to
+    the sampler's coordinates u = L' f. The same model.
+    """
+    omega = pt.stack(
+        [pm.HalfNormal(f"omega_{g}", cfg["omega_prior_sd"], dims="enantiomer") for g in groups],
+        axis=-1,
+    )[None]  # (1, chain, group)
+    w = np.asarray(weights, float)
+    loc = w * pt.stack([means[g] for g in groups], axis=-1)
+    whiten = {}
+    if white is not None:
+        whiten["transform"] = _BlockLinear(white.forward, white.backward, white.log_jac)
+    theta = pm.Normal(
+        "theta_subject", loc, omega**w, dims=("subject", "enantiomer", "bsv_group"), **whiten
+    )
+    eta = omega ** (1.0 - w) * (theta - loc)
+    return {
+        g: pm.Deterministic(f"eta_{g}", eta[:, :, k], dims=("subject", "enantiomer"))
+        for k, g in enumerate(groups)
+    }
+
+
+def information_weights(laplace: Any, spec: PKSpec) -> np.ndarray:
+    """Centring weight of every (subject, chain, group) from the information its own data carry
+    about its effect (``bsv.parameterisation: information``): w = I omega^2 / (1 + I omega^2),
+    the weight that makes a normal-normal hierarchy's free variables independent of omega a
+    priori and of the data (Papaspiliopoulos, Roberts and Skold 2007; Gorinova, Moore and
+    Hoffman 2020), with I the diagonal of the Gauss-Newton information at the empirical Bayes
+    estimates and omega at its prior's median (:func:`ketamine_pmx.whitening.posthoc`).
+    """
+    from .whitening import reference_omega
+
+    omega2 = reference_omega(spec) ** 2
+    data_info = np.einsum("sckk->sck", laplace.info) - 1.0 / omega2
+    kappa = np.maximum(data_info, 0.0) * omega2
+    return kappa / (1.0 + kappa)
 
 
 def _pair_cholesky(scale: Any, rho: Any) -> Any:
@@ -860,8 +964,12 @@ def fit_pk(
 ) -> tuple[az.InferenceData, PKData]:
     """Prepare data, build the model and sample it."""
     data = prepare_pk_data(table, spec)
+    start = time.perf_counter()
     model = build_pk_model(spec, data)
-    return sample_pk(model, data, spec, sampler, seed), data
+    build_seconds = round(time.perf_counter() - start, 3)
+    idata = sample_pk(model, data, spec, sampler, seed)
+    idata.posterior.attrs["build_seconds"] = build_seconds
+    return idata, data
 
 
 def describe(idata: az.InferenceData) -> str:

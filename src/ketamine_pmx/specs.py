@@ -269,6 +269,23 @@ def validate_spec(raw: Any, source: str) -> dict[str, Any]:
             "bsv.parameterisation: an LKJ-correlated block is sampled non-centred; "
             f"{bsv['parameterisation']!r} is not available with correlation lkj"
         )
+    if bsv.get("whitening", "none") != "none" and bsv.get("correlation", "none") != "none":
+        problems.append(
+            f"bsv.whitening: {bsv['whitening']!r} whitens uncorrelated subject effects; it is not "
+            f"available with correlation {bsv['correlation']!r}"
+        )
+    if bsv.get("parameterisation") == "information":
+        if bsv.get("correlation", "none") != "none":
+            problems.append(
+                "bsv.parameterisation: 'information' weights uncorrelated subject effects; it is "
+                f"not available with correlation {bsv['correlation']!r}"
+            )
+        for key in ("noncentred_groups", "centring_weights"):
+            if bsv.get(key):
+                problems.append(
+                    f"bsv.{key}: not used with parameterisation 'information', which sets every "
+                    "effect's centring weight from its information"
+                )
     if bsv.get("correlation") == "enantiomer" and stereo != "enantiomers":
         problems.append(
             f"bsv.correlation: 'enantiomer' correlates S and R effects; a {stereo} model has one chain"
