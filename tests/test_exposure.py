@@ -121,7 +121,8 @@ def test_new_subjects_keep_the_enantiomer_correlation():
     oracle posterior carries the simulator's 0.8) and each keeps its omega."""
     from ketamine_pmx.oracle import oracle_pk_posterior
 
-    spec = with_bsv(SPEC, correlation="enantiomer")
+    # (the default's information weights and whitening need uncorrelated effects)
+    spec = with_bsv(SPEC, correlation="enantiomer", parameterisation="partial", whitening="none")
     population = simulate_trial(make_config()).population
     post = oracle_pk_posterior(population, spec, n_draws=4)
     rho = float(population["parameters"]["pk"]["enantiomer_eta_correlation"])

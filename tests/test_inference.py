@@ -60,6 +60,20 @@ def spec():
     return load_pk_spec(MODELS / "pk_2cmt_metab.yaml")
 
 
+@pytest.fixture(scope="module")
+def partial(spec):
+    """The default model with its effects in separate free variables per group: rich subjects
+    centred, sparse ones and q non-centred (the default before information weights and
+    whitening, and the base of the parameterisation tests below)."""
+    return with_bsv(
+        spec,
+        parameterisation="partial",
+        centred_min_samples=8,
+        noncentred_groups=["q"],
+        whitening="none",
+    )
+
+
 def true_parameters(subjects: pd.DataFrame, data) -> dict[str, np.ndarray]:
     """The simulator's individual parameters as (subject, chain) arrays for pk_2cmt_metab."""
     s = subjects.set_index("ID").loc[data.subjects]
@@ -131,17 +145,17 @@ def evaluate(model, outputs, point):
         ("partial", "enantiomer", ["vp", "cl_hnk"]),
     ],
 )
-def test_centred_parameterisations_are_the_same_model(trial, spec, how, correlation, kept):
+def test_centred_parameterisations_are_the_same_model(trial, partial, how, correlation, kept):
     """Same etas, same model: the data term is identical and the priors differ only by the
     change of variables theta = mean + eta against eta = L z (log |d theta / d z| = log det L
     for every centred subject: sum of log omega, plus log sqrt(1 - rho^2) when S and R effects
     are correlated).
     """
     table, _ = trial
-    assert tuple(bsv_groups(spec.parameters)) == GROUPS
-    data = prepare_pk_data(table, spec)
+    assert tuple(bsv_groups(partial.parameters)) == GROUPS
+    data = prepare_pk_data(table, partial)
     other = with_bsv(
-        spec,
+        partial,
         parameterisation=how,
         centred_min_samples=8,
         correlation=correlation,
@@ -156,7 +170,7 @@ def test_centred_parameterisations_are_the_same_model(trial, spec, how, correlat
     else:
         assert centred.all()
     nc = build_pk_model(
-        with_bsv(spec, parameterisation="noncentred", correlation=correlation), data
+        with_bsv(partial, parameterisation="noncentred", correlation=correlation), data
     )
     ce = build_pk_model(other, data)
     rng = np.random.default_rng(5)
@@ -204,20 +218,20 @@ def test_centred_parameterisations_are_the_same_model(trial, spec, how, correlat
 
 
 @pytest.mark.parametrize(("weight", "correlation"), [(0.3, "none"), (0.7, "enantiomer")])
-def test_partially_centred_effects_are_the_same_model(trial, spec, weight, correlation):
+def test_partially_centred_effects_are_the_same_model(trial, partial, weight, correlation):
     """bsv.centring_weights: the rich subjects' q effects drawn as theta~ ~ Normal(w mean,
     omega^w) with eta = omega^(1 - w) (theta~ - w mean) are the non-centred model's etas: the
     data term is identical and the priors differ by the Jacobian, w log omega per effect (and
     log sqrt(1 - rho^2) per subject with S and R correlated)."""
     table, _ = trial
-    data = prepare_pk_data(table, spec)
-    assert spec.spec["bsv"]["noncentred_groups"] == ["q"]  # the default: q non-centred
-    nc = build_pk_model(with_bsv(spec, correlation=correlation), data)
+    data = prepare_pk_data(table, partial)
+    assert partial.spec["bsv"]["noncentred_groups"] == ["q"]  # the default: q non-centred
+    nc = build_pk_model(with_bsv(partial, correlation=correlation), data)
     vip = with_bsv(
-        spec, noncentred_groups=[], centring_weights={"q": weight}, correlation=correlation
+        partial, noncentred_groups=[], centring_weights={"q": weight}, correlation=correlation
     )
     vip = build_pk_model(vip, data)
-    rich = centred_subjects(data, spec.spec["bsv"])
+    rich = centred_subjects(data, partial.spec["bsv"])
     assert rich.any() and not rich.all()
     rng = np.random.default_rng(23)
     point = nc.initial_point()
@@ -246,9 +260,9 @@ def test_partially_centred_effects_are_the_same_model(trial, spec, weight, corre
         ({"centring_weights": {"q": 0.5}}, "also in bsv.noncentred_groups"),
     ],
 )
-def test_centring_weights_are_refused_where_they_cannot_apply(spec, bsv, message):
+def test_centring_weights_are_refused_where_they_cannot_apply(partial, bsv, message):
     with pytest.raises(SpecError, match=rf"bsv\.centring_weights\.\w+: .*{message}"):
-        with_bsv(spec, **bsv)
+        with_bsv(partial, **bsv)
 
 
 def per_fraction(spec: PKSpec, name: str = "cl_hnk", per: str | None = "fm_hnk") -> PKSpec:
@@ -269,16 +283,18 @@ def point_per_fm_hnk(model, seed: int) -> tuple[dict, dict, np.ndarray]:
 
 
 @pytest.mark.parametrize("how", ["partial", "noncentred"])
-def test_sampling_a_clearance_per_its_fraction_is_the_same_model(trial, spec, how):
+def test_sampling_a_clearance_per_its_fraction_is_the_same_model(trial, partial, how):
     """cl_hnk sampled as log(cl_hnk / fm_hnk) (population and centred subjects) is the same
     posterior: at corresponding points the etas, the individual clearances and the whole log
     density (priors included: the shift has a unit Jacobian) agree."""
     table, _ = trial
-    data = prepare_pk_data(table, spec)
+    data = prepare_pk_data(table, partial)
     # (centred_scale parameter: apparent centring would shift theta_cl_hnk in both models)
-    plain = with_bsv(per_fraction(spec, per=None), parameterisation=how, centred_scale="parameter")
+    plain = with_bsv(
+        per_fraction(partial, per=None), parameterisation=how, centred_scale="parameter"
+    )
     plain = build_pk_model(plain, data)
-    per = with_bsv(per_fraction(spec), parameterisation=how, centred_scale="parameter")
+    per = with_bsv(per_fraction(partial), parameterisation=how, centred_scale="parameter")
     per = build_pk_model(per, data)
     names = {v.name for v in per.value_vars}
     assert "log_cl_hnk_per_fm_hnk_pop" in names and "log_cl_hnk_pop" not in names
@@ -293,22 +309,22 @@ def test_sampling_a_clearance_per_its_fraction_is_the_same_model(trial, spec, ho
     assert per.compile_logp()(mapped) == pytest.approx(plain.compile_logp()(point), rel=1e-12)
 
 
-def test_apparent_centring_samples_the_clearances_the_data_identify(trial, spec):
+def test_apparent_centring_samples_the_clearances_the_data_identify(trial, partial):
     """bsv.centred_scale: apparent is the same model (same etas: same log density, priors
     included), and a centred subject's free values are log(cl_f + cl_o), log(cl_nk / fm_nk)
     and log(cl_hnk / (fm_nk fm_hnk)), computed here from the parameters themselves."""
     table, _ = trial
-    data = prepare_pk_data(table, spec)
-    assert spec.spec["bsv"]["centred_scale"] == "apparent"  # the default model's
-    plain = with_bsv(per_fraction(spec, per=None), centred_scale="parameter")
+    data = prepare_pk_data(table, partial)
+    assert partial.spec["bsv"]["centred_scale"] == "apparent"  # the default model's
+    plain = with_bsv(per_fraction(partial, per=None), centred_scale="parameter")
     plain = build_pk_model(plain, data)
-    app = build_pk_model(spec, data)  # and cl_hnk per fm_hnk at the population level too
+    app = build_pk_model(partial, data)  # and cl_hnk per fm_hnk at the population level too
     point, mapped, log_fm_hnk = point_per_fm_hnk(plain, seed=13)
     groups = ("cl", "cl_nk", "cl_hnk")
     eta = dict(
         zip(groups, evaluate(plain, [plain[f"eta_{g}"] for g in groups], point), strict=True)
     )
-    rich = np.flatnonzero(centred_subjects(data, spec.spec["bsv"]))
+    rich = np.flatnonzero(centred_subjects(data, partial.spec["bsv"]))
     for g in groups:
         mapped[f"theta_{g}"] = np.zeros((rich.size, 2))
     means = evaluate(app, [app[f"theta_{g}"] - app[f"eta_{g}"][rich] for g in groups], mapped)
@@ -423,15 +439,15 @@ def test_enantiomer_correlation_needs_two_enantiomers():
         validate_spec(raw, "models/x.yaml")
 
 
-def test_noncentred_groups_must_be_bsv_groups(spec):
-    raw = copy.deepcopy(spec.spec)
+def test_noncentred_groups_must_be_bsv_groups(partial):
+    raw = copy.deepcopy(partial.spec)
     raw["bsv"]["noncentred_groups"] = ["q", "v_nk"]  # v_nk is fixed: no subject effects
     with pytest.raises(SpecError, match=r"bsv\.noncentred_groups: 'v_nk' is not a BSV group"):
         validate_spec(raw, "models/x.yaml")
 
 
-def test_centred_effects_need_an_uncorrelated_block(spec):
-    raw = copy.deepcopy(spec.spec)
+def test_centred_effects_need_an_uncorrelated_block(partial):
+    raw = copy.deepcopy(partial.spec)
     raw["bsv"].update(parameterisation="partial", correlation="lkj")
     with pytest.raises(SpecError, match=r"bsv\.parameterisation.*lkj"):
         validate_spec(raw, "models/x.yaml")
