@@ -14,8 +14,6 @@ from ketamine_pmx.inference import (
     build_pk_model,
     censored_observations,
     centred_subjects,
-    centring_weights,
-    information_weights,
     predict_ng_ml,
     prepare_pk_data,
 )
@@ -25,6 +23,8 @@ from ketamine_pmx.whitening import (
     HALF_NORMAL_MEDIAN,
     MAX_ITERATIONS,
     _reference_population,
+    effect_weights,
+    information_weights,
     posthoc,
     reference_omega,
     subject_whitening,
@@ -44,15 +44,6 @@ def data(tmp_path_factory, spec):
     sim = simulate_trial(config)
     paths = sim.write(tmp_path_factory.mktemp("trial"))
     return prepare_pk_data(load_dataset(paths["data"], config["data"]).table, spec)
-
-
-def weights_of(spec, data, laplace):
-    """The centring weights build_pk_model gives ``spec``'s effects (subject, chain, group)."""
-    bsv = spec.spec["bsv"]
-    if bsv["parameterisation"] == "information":
-        return information_weights(laplace, spec)
-    weights = centring_weights(list(laplace.groups), centred_subjects(data, bsv), bsv)
-    return np.broadcast_to(weights[:, None, :], laplace.eta.shape)
 
 
 def evaluate(model, outputs, point):
@@ -89,7 +80,7 @@ def test_joint_effects_are_the_same_model(spec, data, bsv):
     other_spec = with_bsv(spec, **bsv)
     other = build_pk_model(other_spec, data)
     laplace = posthoc(other_spec, data)
-    weights = weights_of(other_spec, data, laplace)
+    weights = effect_weights(other_spec, data, laplace)
     groups = list(laplace.groups)
     rng = np.random.default_rng(11)
     point = plain.initial_point()
@@ -136,7 +127,7 @@ def test_maps_are_inverse_triangular_and_deterministic(spec, data):
     again = posthoc(white_spec, data)
     np.testing.assert_array_equal(laplace.eta, again.eta)
     np.testing.assert_array_equal(laplace.info, again.info)
-    a = subject_whitening(white_spec, laplace, weights_of(white_spec, data, laplace))
+    a = subject_whitening(white_spec, laplace, effect_weights(white_spec, data, laplace))
     eye = np.broadcast_to(np.eye(len(a.groups)), a.forward.shape)
     np.testing.assert_allclose(np.einsum("scij,scjk->scik", a.forward, a.backward), eye, atol=1e-10)
     # forward is L' (upper triangular), and log_jac is -log of its diagonal
@@ -204,11 +195,12 @@ def test_whitened_coordinates_have_unit_curvature(spec, data):
     matrix cannot undo."""
     white_spec = with_bsv(spec, whitening="laplace")
     laplace = posthoc(white_spec, data)
-    weights = weights_of(white_spec, data, laplace)
+    weights = effect_weights(white_spec, data, laplace)
     maps = subject_whitening(white_spec, laplace, weights)
     model = build_pk_model(white_spec, data)
     point = model.initial_point()
-    omega, sigma = reference_omega(spec), HALF_NORMAL_MEDIAN * 0.5
+    omega = reference_omega(spec)
+    sigma = HALF_NORMAL_MEDIAN * spec.spec["residual"]["sigma_prop_prior_sd"]
     for v in model.value_vars:
         if v.name.startswith("omega_"):
             point[v.name] = np.full(np.shape(point[v.name]), np.log(omega))

@@ -212,7 +212,9 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
     cov = spec.spec["covariates"]
     allo = cov.get("allometry", {})
     bsv_cfg = spec.spec["bsv"]
-    if bsv_cfg["parameterisation"] == "information" or bsv_cfg["whitening"] != "none":
+    # information weights and whitening draw every group's effects as one free variable
+    joint = bsv_cfg["parameterisation"] == "information" or bsv_cfg["whitening"] != "none"
+    if joint:
         coords["bsv_group"] = list(bsv_groups(spec.parameters))
     if allo.get("enabled", True):
         log_wt = np.log(data.wt / allo.get("reference_weight_kg", 70.0))
@@ -301,20 +303,16 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
             g: means[first] - shifts[g] if g in shifts else means[first]
             for g, first in bsv_groups(spec.parameters).items()
         }
-        if bsv_cfg["parameterisation"] == "information" or bsv_cfg["whitening"] != "none":
-            from .whitening import posthoc, subject_whitening  # they build on this module
+        if joint:
+            # (imported here: the whitening module builds on this one)
+            from .whitening import effect_weights, posthoc, subject_whitening
 
-            groups = list(group_means)
             laplace = posthoc(spec, data)
-            if bsv_cfg["parameterisation"] == "information":
-                weights = information_weights(laplace, spec)
-            else:
-                weights = centring_weights(groups, centred_subjects(data, bsv_cfg), bsv_cfg)
-                weights = np.broadcast_to(weights[:, None, :], laplace.eta.shape)
+            weights = effect_weights(spec, data, laplace)
             white = None
             if bsv_cfg["whitening"] == "laplace":
                 white = subject_whitening(spec, laplace, weights)
-            etas = _joint_subject_effects(groups, bsv_cfg, group_means, weights, white)
+            etas = _joint_subject_effects(list(group_means), bsv_cfg, group_means, weights, white)
         else:
             centred = centred_subjects(data, bsv_cfg)
             etas = _subject_effects(
@@ -558,22 +556,6 @@ def _joint_subject_effects(
         g: pm.Deterministic(f"eta_{g}", eta[:, :, k], dims=("subject", "enantiomer"))
         for k, g in enumerate(groups)
     }
-
-
-def information_weights(laplace: Any, spec: PKSpec) -> np.ndarray:
-    """Centring weight of every (subject, chain, group) from the information its own data carry
-    about its effect (``bsv.parameterisation: information``): w = I omega^2 / (1 + I omega^2),
-    the weight that makes a normal-normal hierarchy's free variables independent of omega a
-    priori and of the data (Papaspiliopoulos, Roberts and Skold 2007; Gorinova, Moore and
-    Hoffman 2020), with I the diagonal of the Gauss-Newton information at the empirical Bayes
-    estimates and omega at its prior's median (:func:`ketamine_pmx.whitening.posthoc`).
-    """
-    from .whitening import reference_omega
-
-    omega2 = reference_omega(spec) ** 2
-    data_info = np.einsum("sckk->sck", laplace.info) - 1.0 / omega2
-    kappa = np.maximum(data_info, 0.0) * omega2
-    return kappa / (1.0 + kappa)
 
 
 def _pair_cholesky(scale: Any, rho: Any) -> Any:

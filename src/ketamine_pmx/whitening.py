@@ -31,7 +31,14 @@ import numpy as np
 import xarray as xr
 
 from .exposure import individual_parameters
-from .inference import PKData, censored_observations, predict_ng_ml
+from .inference import (
+    CYP2B6_EFFECT_CLASSES,
+    PKData,
+    censored_observations,
+    centred_subjects,
+    centring_weights,
+    predict_ng_ml,
+)
 from .specs import PKSpec, bsv_groups
 
 #: Median of a half-normal distribution per unit scale (sqrt(2) erfinv(1/2)).
@@ -96,13 +103,14 @@ def _reference_population(spec: PKSpec) -> xr.Dataset:
         values["allo_cl"] = (("sample",), [allo["clearance_exponent"]])
         values["allo_v"] = (("sample",), [allo["volume_exponent"]])
     if spec.spec["covariates"].get("cyp2b6"):
-        values["e_cyp2b6"] = (("sample", "cyp2b6_class"), np.zeros((1, 2)))
+        values["e_cyp2b6"] = (("sample", "cyp2b6_class"), np.zeros((1, len(CYP2B6_EFFECT_CLASSES))))  # fmt: skip
     return xr.Dataset(values)
 
 
 class _Residuals:
-    """Standardised residuals and their derivative in the mean, per the residual model, on the
-    observed (not BLQ) rows; the residual SDs at their priors' medians."""
+    """The likelihood's mean and SD of each row per the residual model (as
+    ``inference._likelihood``, in numpy), the observed (not BLQ) rows, and the residual SDs at
+    their priors' medians."""
 
     def __init__(self, spec: PKSpec, data: PKData):
         res = spec.spec["residual"]
@@ -151,15 +159,14 @@ def posthoc(spec: PKSpec, data: PKData) -> Laplace:
     omega = reference_omega(spec)
     seen = res.seen
 
-    def mean_of(eta: np.ndarray) -> np.ndarray:
+    def predict(eta: np.ndarray) -> np.ndarray:
         effects = {g: eta[None, :, :, k] for k, g in enumerate(groups)}
         params = individual_parameters(spec, population, data.wt, data.cyp_class, eta=effects)
-        pred = predict_ng_ml(spec, data, {k: v[0] for k, v in params.items()})
-        return pred
+        return predict_ng_ml(spec, data, {k: v[0] for k, v in params.items()})
 
     def linearise(eta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(objective per block, J'r per block, J'J per block) at eta, J and r standardised."""
-        pred = mean_of(eta)
+        pred = predict(eta)
         sd = res.sd(pred)
         r = np.where(seen, (res.y - res.mean(pred)) / sd, 0.0)
         jac = np.zeros((len(pred), n_g))
@@ -167,7 +174,7 @@ def posthoc(spec: PKSpec, data: PKData) -> Laplace:
             up, down = eta.copy(), eta.copy()
             up[..., k] += FD_STEP
             down[..., k] -= FD_STEP
-            diff = res.mean(mean_of(up)) - res.mean(mean_of(down))
+            diff = res.mean(predict(up)) - res.mean(predict(down))
             jac[:, k] = np.where(seen, diff / (2.0 * FD_STEP) / sd, 0.0)
         flat = eta.reshape(n_block, n_g)
         objective = _blocks(r**2, block, n_block) + (flat**2).sum(axis=1) / omega**2
@@ -220,3 +227,29 @@ def subject_whitening(spec: PKSpec, laplace: Laplace, weights: np.ndarray) -> Wh
     backward = np.linalg.inv(forward)
     log_jac = -np.log(np.einsum("sckk->sck", chol))
     return Whitening(laplace.groups, forward, backward, log_jac)
+
+
+def information_weights(laplace: Laplace, spec: PKSpec) -> np.ndarray:
+    """Centring weight of every (subject, chain, group) from the information its own data carry
+    about its effect (``bsv.parameterisation: information``): w = I omega^2 / (1 + I omega^2),
+    the weight that makes a normal-normal hierarchy's free variables independent of omega a
+    priori and of the data (Papaspiliopoulos, Roberts and Skold 2007; Gorinova, Moore and
+    Hoffman 2020), with I the diagonal of the Gauss-Newton information at the empirical Bayes
+    estimates and omega at its prior's median.
+    """
+    omega2 = reference_omega(spec) ** 2
+    data_info = np.einsum("sckk->sck", laplace.info) - 1.0 / omega2
+    kappa = np.maximum(data_info, 0.0) * omega2
+    return kappa / (1.0 + kappa)
+
+
+def effect_weights(spec: PKSpec, data: PKData, laplace: Laplace) -> np.ndarray:
+    """The centring weight (subject, chain, group) of every effect the joint free variable
+    draws: from the information with ``parameterisation: information``, else the spec's
+    centred, partial or non-centred form with its ``noncentred_groups`` and
+    ``centring_weights`` (:func:`inference.centring_weights`), the same for both chains."""
+    bsv = spec.spec["bsv"]
+    if bsv["parameterisation"] == "information":
+        return information_weights(laplace, spec)
+    weights = centring_weights(list(laplace.groups), centred_subjects(data, bsv), bsv)
+    return np.broadcast_to(weights[:, None, :], laplace.eta.shape)
