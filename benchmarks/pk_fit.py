@@ -16,7 +16,8 @@ benchmarks/results/pk_fit_summary.json. ``--include`` adds the rows of earlier r
 protocol (model, draws, tuning, chains, cores, target acceptance, mass matrix: read from each
 row's recorded command, and refused when any differs) on the same model specification (the hash
 of its file, recorded per row as spec_sha256) to the summary, so that one long sweep can be run
-in parts.
+in parts. ``--seed 1 2 3`` fits every size with each sampler seed (one fit's min ESS is a noisy
+measure); the exponent is then fitted to every fit, and per seed in the summary.
 
 Usage (defaults: the issue's protocol, 4 chains x 1000 draws after 1000 tuning, 2 cores):
 
@@ -32,6 +33,7 @@ when pystan is not installed.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -140,14 +142,14 @@ def run_one(args: argparse.Namespace) -> dict:
             chains=args.chains,
             draws=args.draws,
             tune=args.tune,
-            seed=args.seed,
+            seed=args.one_seed,
             target_accept=args.target_accept,
             max_depth=args.max_depth,
         )
         idata, compile_s, sampling_s = out["idata"], out["compile_s"], out["sampling_s"]
         tuning_steps = build_s = float("nan")
     else:
-        idata, _ = fit_pk(table, spec, sampler, args.seed)
+        idata, _ = fit_pk(table, spec, sampler, args.one_seed)
         attrs = idata.posterior.attrs
         compile_s, sampling_s = attrs["compile_seconds"], attrs["sampling_seconds"]
         build_s = attrs["build_seconds"]
@@ -159,6 +161,7 @@ def run_one(args: argparse.Namespace) -> dict:
     return {
         "subjects": args.one_size,
         "backend": args.one_backend,
+        "seed": args.one_seed,
         "observations": int(idata.observed_data["y"].size),
         "parameterisation": spec.spec["bsv"]["parameterisation"],
         # building the PyMC model (with bsv.whitening: laplace, its empirical Bayes step)
@@ -173,6 +176,9 @@ def run_one(args: argparse.Namespace) -> dict:
         "max_rhat": round(float(params["r_hat"].max()), 4),
         "divergences": stats["divergences"],
         # leapfrog steps (gradient evaluations) per draw after tuning, mean over chains
+        # the step size tuning chose, mean over chains: it falls as the posterior's dimension
+        # grows (as d^(-1/4) for a well-conditioned one)
+        "step_size": round(float(idata.sample_stats["step_size"].mean()), 4),
         "steps_per_draw": (
             round(float(idata.sample_stats["n_steps"].mean()), 1)
             if "n_steps" in idata.sample_stats
@@ -236,21 +242,27 @@ def included_rows(
                     f"models/{want['model']}.yaml (spec_sha256 {got_sha or 'not recorded'}, "
                     f"this run's {sha256})"
                 )
+        seeds = []
         for i, command in enumerate(rows["command"]):
             words = shlex.split(command)
-            got = protocol(parser.parse_args(words[words.index("benchmarks/pk_fit.py") + 1 :]))
+            recorded_args = parser.parse_args(words[words.index("benchmarks/pk_fit.py") + 1 :])
+            seeds.append(recorded_args.seed[0])
+            got = protocol(recorded_args)
             diff = {k: (got[k], want[k]) for k in PROTOCOL if got[k] != want[k]}
             if diff:
                 raise SystemExit(
                     f"{path}: row {i + 2} was run with another protocol "
                     f"(field: (its value, this run's)): {diff}"
                 )
+        if "seed" not in rows:  # rows of one seed each, from before the column
+            rows["seed"] = seeds
         frames.append(rows)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def scaling_exponent(rows: pd.DataFrame) -> float:
-    """Slope of log(seconds per effective sample) on log(subjects)."""
+    """Slope of log(seconds per effective sample) on log(subjects), least squares over every
+    row (with several sampler seeds, every fit of every size)."""
     if rows["subjects"].nunique() < 2:
         return float("nan")
     return float(np.polyfit(np.log(rows["subjects"]), np.log(rows["s_per_ess"]), 1)[0])
@@ -322,7 +334,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="bsv.whitening: sample each subject's effects in coordinates that whiten its "
         "Laplace approximation (default: the spec's setting)",
     )
-    p.add_argument("--seed", type=int, default=1, help="sampler seed")
+    p.add_argument(
+        "--seed",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="sampler seed(s): every size is fitted with each; the exponent is fitted to all "
+        "the fits, and per seed in the summary",
+    )
     p.add_argument("--trial-seed", type=int, default=TRIAL_SEED, help="simulator seed")
     p.add_argument("--out", type=Path, default=HERE / "results" / "pk_fit.csv")
     p.add_argument(
@@ -334,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--one-backend", help=argparse.SUPPRESS)
+    p.add_argument("--one-seed", type=int, help=argparse.SUPPRESS)
     return p
 
 
@@ -349,30 +369,27 @@ def main(argv: list[str] | None = None) -> int:
     sha256 = spec_sha256(args.model)
     earlier = included_rows(args.include, p, protocol(args), sha256)  # before expensive work
     rows, notes = [], []
-    for size in args.sizes:
-        for backend in args.backends:
-            if backend == "stan":
-                try:
-                    import stan  # noqa: F401
-                except ImportError:
-                    notes.append(
-                        "stan skipped: pystan is not installed (pip install -e '.[bench]')"
-                    )
-                    continue
-            child = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
-            child += ["--one-size", str(size), "--one-backend", backend]
-            t0 = time.perf_counter()
-            proc = subprocess.run(child, capture_output=True, text=True, cwd=REPO)
-            found = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
-            if proc.returncode != 0 or not found:
-                err = proc.stderr.replace(f"{REPO}{os.sep}", "").strip()  # repository-relative
-                notes.append(f"{backend} at {size} subjects failed: {err[-400:]}")
-                print(notes[-1], file=sys.stderr)
+    for size, seed, backend in itertools.product(args.sizes, args.seed, args.backends):
+        if backend == "stan":
+            try:
+                import stan  # noqa: F401
+            except ImportError:
+                notes.append("stan skipped: pystan is not installed (pip install -e '.[bench]')")
                 continue
-            row = json.loads(found[-1][4:])
-            row["wall_s"] = round(time.perf_counter() - t0, 1)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        child = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
+        child += ["--one-size", str(size), "--one-backend", backend, "--one-seed", str(seed)]
+        t0 = time.perf_counter()
+        proc = subprocess.run(child, capture_output=True, text=True, cwd=REPO)
+        found = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
+        if proc.returncode != 0 or not found:
+            err = proc.stderr.replace(f"{REPO}{os.sep}", "").strip()  # repository-relative
+            notes.append(f"{backend} at {size} subjects, seed {seed}, failed: {err[-400:]}")
+            print(notes[-1], file=sys.stderr)
+            continue
+        row = json.loads(found[-1][4:])
+        row["wall_s"] = round(time.perf_counter() - t0, 1)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     if not rows:
         print("no fit succeeded", file=sys.stderr)
         return 1
@@ -384,14 +401,17 @@ def main(argv: list[str] | None = None) -> int:
     table.to_csv(args.out, index=False)
     summary: dict = {"command": command, "machine": machine(), "notes": notes}
     if len(earlier):
-        new = set(zip(table["subjects"], table["backend"], strict=True))
-        keep = [
-            (s, b) not in new for s, b in zip(earlier["subjects"], earlier["backend"], strict=True)
-        ]
+        key = ["subjects", "backend", "seed"]
+        new = set(table[key].itertuples(index=False, name=None))
+        keep = [k not in new for k in earlier[key].itertuples(index=False, name=None)]
         summary["included"] = sorted({str(p) for p in args.include})
         table = pd.concat([table, earlier[keep]], ignore_index=True)
     for backend, sub in table.groupby("backend"):
         summary[f"{backend}_s_per_ess_exponent"] = round(scaling_exponent(sub), 3)
+        if sub["seed"].nunique() > 1:
+            summary[f"{backend}_s_per_ess_exponent_per_seed"] = {
+                int(seed): round(scaling_exponent(one), 3) for seed, one in sub.groupby("seed")
+            }
     if {"nutpie", "stan"} <= set(table["backend"]):
         wide = table.pivot(index="subjects", columns="backend", values="min_ess_per_s")
         ratio = (wide["nutpie"] / wide["stan"]).dropna()

@@ -135,6 +135,28 @@ def test_maps_are_inverse_triangular_and_deterministic(spec, data):
     np.testing.assert_allclose(a.log_jac, -np.log(np.einsum("sckk->sck", a.forward)))
 
 
+@pytest.mark.parametrize("bsv", [{}, {"whitening": "none"}])
+def test_chains_start_at_the_empirical_bayes_estimates(spec, data, bsv):
+    """Before the sampler's jitter, every effect starts at its empirical Bayes estimate, every
+    omega at the value they were computed with and the population at its typical values (the
+    support points), whitened or not: a start at the typical subject (every eta 0, the
+    support point) fails this."""
+    start_spec = with_bsv(spec, **bsv)
+    model = build_pk_model(start_spec, data)
+    laplace = posthoc(start_spec, data)
+    point = model.initial_point()
+    etas = evaluate(model, [model[f"eta_{g}"] for g in laplace.groups], point)
+    np.testing.assert_allclose(np.stack(etas, axis=-1), laplace.eta, atol=1e-10)
+    assert np.abs(laplace.eta).max() > 0.3  # far from the typical subject's start
+    for g in laplace.groups:
+        np.testing.assert_allclose(np.exp(point[f"omega_{g}_log__"]), laplace.omega, rtol=1e-12)
+    typical = _reference_population(start_spec)
+    shared = [v for v in typical.data_vars if v in point]
+    assert "log_cl_f_pop" in shared
+    for name in shared:
+        np.testing.assert_allclose(point[name], typical[name].values[0], rtol=1e-12)
+
+
 def test_information_weights_follow_each_effects_information(spec, data):
     """w = I omega^2 / (1 + I omega^2): near 1 for an effect its data pin down, near 0 for one
     they hardly inform; the rich (MDD) subjects' q effects above the sparse (CRPS) ones'."""

@@ -312,7 +312,9 @@ def build_pk_model(spec: PKSpec, data: PKData, observed: bool = True) -> pm.Mode
             white = None
             if bsv_cfg["whitening"] == "laplace":
                 white = subject_whitening(spec, laplace, weights)
-            etas = _joint_subject_effects(list(group_means), bsv_cfg, group_means, weights, white)
+            etas = _joint_subject_effects(
+                list(group_means), bsv_cfg, group_means, weights, white, start=laplace
+            )
         else:
             centred = centred_subjects(data, bsv_cfg)
             etas = _subject_effects(
@@ -529,6 +531,7 @@ def _joint_subject_effects(
     means: dict[str, Any],
     weights: np.ndarray,
     white: Any = None,
+    start: Any = None,
 ) -> dict[str, Any]:
     """Subject effects of every group as one free variable (subject, chain, group), with a
     centring weight per element (``bsv.parameterisation: information``) and, with
@@ -538,9 +541,22 @@ def _joint_subject_effects(
     omega^(1 - w) (f - w mean): the forms of :func:`_subject_effects` (w = 1 centred, 0
     non-centred, between: partially centred), Normal(0, omega) for every w. ``white`` maps f to
     the sampler's coordinates u = L' f. The same model.
+
+    ``start`` (a :class:`ketamine_pmx.whitening.Laplace`) sets where the chains start, before
+    the sampler's jitter: the effects at their empirical Bayes estimates, every omega at the
+    value they were computed with and the population at its typical values. Chains started
+    at the typical subject (every eta 0) with omega jittered high settled, on small trials, in
+    a minor mode in which one subject's intercompartmental clearance collapses
+    (``benchmarks/README.md``).
     """
+    omega_start = None if start is None else np.full(len(start.eta[0]), start.omega)
     omega = pt.stack(
-        [pm.HalfNormal(f"omega_{g}", cfg["omega_prior_sd"], dims="enantiomer") for g in groups],
+        [
+            pm.HalfNormal(
+                f"omega_{g}", cfg["omega_prior_sd"], dims="enantiomer", initval=omega_start
+            )
+            for g in groups
+        ],
         axis=-1,
     )[None]  # (1, chain, group)
     w = np.asarray(weights, float)
@@ -548,14 +564,33 @@ def _joint_subject_effects(
     whiten = {}
     if white is not None:
         whiten["transform"] = _BlockLinear(white.forward, white.backward, white.log_jac)
+    initval = None
+    if start is not None:
+        initval = start.eta / start.omega ** (1.0 - w) + _at_initial_point(loc)
     theta = pm.Normal(
-        "theta_subject", loc, omega**w, dims=("subject", "enantiomer", "bsv_group"), **whiten
+        "theta_subject",
+        loc,
+        omega**w,
+        dims=("subject", "enantiomer", "bsv_group"),
+        initval=initval,
+        **whiten,
     )
     eta = omega ** (1.0 - w) * (theta - loc)
     return {
         g: pm.Deterministic(f"eta_{g}", eta[:, :, k], dims=("subject", "enantiomer"))
         for k, g in enumerate(groups)
     }
+
+
+def _at_initial_point(expr: Any) -> np.ndarray:
+    """``expr`` (a function of the model's free variables) at the model's initial point
+    (support points or initial values, no jitter)."""
+    model = pm.modelcontext(None)
+    value = model.replace_rvs_by_values([expr])[0]
+    fn = model.compile_fn(
+        value, inputs=model.value_vars, mode="FAST_COMPILE", on_unused_input="ignore"
+    )
+    return np.asarray(fn(model.initial_point()))
 
 
 def _pair_cholesky(scale: Any, rho: Any) -> Any:

@@ -59,12 +59,13 @@ class WhiteningError(ValueError):
 class Laplace:
     """The empirical Bayes estimates ``eta`` (subject, chain, group) of the subject effects and
     the Gauss-Newton information ``info`` (subject, chain, group, group) of the log effects at
-    them, the prior's 1/omega^2 included."""
+    them, the prior's 1/omega^2 included, with every omega at ``omega``."""
 
     groups: tuple[str, ...]
     eta: np.ndarray
     info: np.ndarray
     iterations: int
+    omega: float
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ def posthoc(spec: PKSpec, data: PKData) -> Laplace:
         done |= np.abs(step).max(axis=1) < STEP_TOLERANCE
         if done.all():
             break
-    return Laplace(tuple(groups), eta, info.reshape(n_subj, n_chain, n_g, n_g), iterations)
+    return Laplace(tuple(groups), eta, info.reshape(n_subj, n_chain, n_g, n_g), iterations, omega)
 
 
 def subject_whitening(spec: PKSpec, laplace: Laplace, weights: np.ndarray) -> Whitening:
