@@ -22,6 +22,7 @@ from ketamine_pmx.inference import (
     CONC_FLOOR_NG_ML,
     build_pk_model,
     censored_observations,
+    log_likelihood,
     predict_ng_ml,
     prepare_pk_data,
 )
@@ -73,8 +74,7 @@ def test_individual_parameters_reproduce_the_models_log_likelihood(trial):
     with model:
         prior = pm.sample_prior_predictive(draws=3, random_seed=5).prior
     idata = az.InferenceData(posterior=prior)
-    with model:
-        ll = pm.compute_log_likelihood(idata, var_names=["y"], extend_inferencedata=False)
+    ll = log_likelihood(model, idata)
     ll = ll["y"].stack(sample=("chain", "draw")).transpose("sample", "obs").to_numpy()
     params = individual_parameters(SPEC, prior, data.wt, data.cyp_class)
     value, lower = censored_observations(SPEC, data)

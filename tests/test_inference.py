@@ -468,7 +468,8 @@ def test_blq_rows_contribute_the_normal_cdf(spec):
     point = model.initial_point()
     pointwise = model.compile_fn(model.logp(vars=model.observed_RVs, sum=False)[0])(point)
     sd = np.exp(point["sigma_prop_log__"])[0]
-    # The prediction at this point (typical subject: etas 0, 70 kg, NM), by the numpy reference.
+    # The prediction at this point (70 kg, NM; the chains start at the subject's empirical Bayes
+    # estimates, so its etas are those at the point), by the numpy reference.
     ind = {
         name: np.exp(point[f"log_{name}_pop"])[None, :]
         for name in ("cl_f", "cl_o", "vc", "q", "vp", "cl_nk")
@@ -476,6 +477,18 @@ def test_blq_rows_contribute_the_normal_cdf(spec):
     ind["fm_hnk"] = 1 / (1 + np.exp(-point["logit_fm_hnk_pop"]))[None, :]
     # the spec samples cl_hnk per fm_hnk (sample_per)
     ind["cl_hnk"] = np.exp(point["log_cl_hnk_per_fm_hnk_pop"])[None, :] * ind["fm_hnk"]
+    groups = {name: par.get("bsv_group") or name for name, par in spec.parameters.items()}
+    etas = {g: model[f"eta_{g}"] for g in set(groups.values()) if f"eta_{g}" in model}
+    at_point = model.compile_fn(
+        model.replace_rvs_by_values(list(etas.values())),
+        inputs=model.value_vars,
+        on_unused_input="ignore",
+    )(point)
+    etas = dict(zip(etas, at_point, strict=True))
+    assert np.abs(np.concatenate(list(etas.values()))).max() > 0.0
+    for name in ind:
+        if spec.parameters[name]["bsv"]:
+            ind[name] = ind[name] * np.exp(etas[groups[name]])
     ind["v_nk"] = np.array([[250.0, 250.0]])
     ind["v_hnk"] = np.array([[115.0, 115.0]])
     pred = predict_ng_ml(spec, data, ind)

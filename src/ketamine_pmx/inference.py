@@ -785,10 +785,7 @@ def sample_pk(
     run = run_nuts(model, sampler, seed)
     idata = run.idata
     full = az.InferenceData(posterior=idata.posterior)
-    with model:  # needs every free variable, the innovations included
-        pm.compute_log_likelihood(
-            full, var_names=["y"], extend_inferencedata=True, progressbar=False
-        )
+    full.add_groups(log_likelihood=log_likelihood(model, full))  # every free variable needed
     # Unconstrained twins ("..._log__") and innovations are not kept (nutpie stores both).
     idata = az.InferenceData(
         posterior=idata.posterior[[v for v in idata.posterior.data_vars if v in keep]],
@@ -811,6 +808,25 @@ def sample_pk(
         }
     )
     return idata
+
+
+def log_likelihood(model: pm.Model, idata: az.InferenceData) -> xr.Dataset:
+    """Pointwise log-likelihood of the observations ``y`` at every draw of ``idata``'s posterior
+    (which holds every free variable).
+
+    PyMC computes it on a copy of the model without its value transforms, and its model copies
+    refuse initial values; those only tell the sampler where to start (the joint subject
+    effects' start at their empirical Bayes estimates), so they are set aside meanwhile.
+    """
+    start = dict(model.rvs_to_initial_values)
+    model.rvs_to_initial_values.update(dict.fromkeys(start))
+    try:
+        with model:
+            return pm.compute_log_likelihood(
+                idata, var_names=["y"], extend_inferencedata=False, progressbar=False
+            )
+    finally:
+        model.rvs_to_initial_values.update(start)
 
 
 def _add_data_groups(idata: az.InferenceData, spec: PKSpec, data: PKData) -> None:
