@@ -175,10 +175,10 @@ def run_one(args: argparse.Namespace) -> dict:
         "s_per_ess": round(float(sampling_s) / ess_bulk, 4),
         "max_rhat": round(float(params["r_hat"].max()), 4),
         "divergences": stats["divergences"],
-        # leapfrog steps (gradient evaluations) per draw after tuning, mean over chains
         # the step size tuning chose, mean over chains: it falls as the posterior's dimension
         # grows (as d^(-1/4) for a well-conditioned one)
         "step_size": round(float(idata.sample_stats["step_size"].mean()), 4),
+        # leapfrog steps (gradient evaluations) per draw after tuning, mean over chains
         "steps_per_draw": (
             round(float(idata.sample_stats["n_steps"].mean()), 1)
             if "n_steps" in idata.sample_stats

@@ -67,6 +67,12 @@ def smoke_run(tmp_path_factory) -> Path:
     return workdir / "results" / "smoke"
 
 
+def evaluate(model, outputs, point):
+    """Values of model expressions at a point of the model's free (value) variables."""
+    outputs = model.replace_rvs_by_values(outputs)
+    return model.compile_fn(outputs, inputs=model.value_vars, on_unused_input="ignore")(point)
+
+
 def load_script(relative: str, name: str):
     """A repository script that is not part of the package (benchmarks/...), as a module."""
     module_spec = importlib.util.spec_from_file_location(name, REPO / relative)

@@ -10,7 +10,7 @@ import pandas as pd
 import pymc as pm
 import pytest
 import scipy.stats as st
-from conftest import REPO, make_config
+from conftest import REPO, evaluate, make_config
 
 from ketamine_pmx.data import load_dataset
 from ketamine_pmx.inference import (
@@ -128,12 +128,6 @@ def test_model_gradient_matches_finite_differences(trial, spec):
             assert grad[offsets[k] + j] == pytest.approx(fd, rel=1e-4, abs=1e-4), (name, j)
             checked += 1
     assert checked > 20
-
-
-def evaluate(model, outputs, point):
-    """Values of model expressions at a point of the model's free (value) variables."""
-    outputs = model.replace_rvs_by_values(outputs)
-    return model.compile_fn(outputs, inputs=model.value_vars, on_unused_input="ignore")(point)
 
 
 @pytest.mark.parametrize(
@@ -479,12 +473,7 @@ def test_blq_rows_contribute_the_normal_cdf(spec):
     ind["cl_hnk"] = np.exp(point["log_cl_hnk_per_fm_hnk_pop"])[None, :] * ind["fm_hnk"]
     groups = {name: par.get("bsv_group") or name for name, par in spec.parameters.items()}
     etas = {g: model[f"eta_{g}"] for g in set(groups.values()) if f"eta_{g}" in model}
-    at_point = model.compile_fn(
-        model.replace_rvs_by_values(list(etas.values())),
-        inputs=model.value_vars,
-        on_unused_input="ignore",
-    )(point)
-    etas = dict(zip(etas, at_point, strict=True))
+    etas = dict(zip(etas, evaluate(model, list(etas.values()), point), strict=True))
     assert np.abs(np.concatenate(list(etas.values()))).max() > 0.0
     for name in ind:
         if spec.parameters[name]["bsv"]:

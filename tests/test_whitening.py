@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.optimize as so
-from conftest import REPO, make_config
+from conftest import REPO, evaluate, make_config
 
 from ketamine_pmx.data import load_dataset
 from ketamine_pmx.exposure import individual_parameters
@@ -44,12 +44,6 @@ def data(tmp_path_factory, spec):
     sim = simulate_trial(config)
     paths = sim.write(tmp_path_factory.mktemp("trial"))
     return prepare_pk_data(load_dataset(paths["data"], config["data"]).table, spec)
-
-
-def evaluate(model, outputs, point):
-    """Values of model expressions at a point of the model's free (value) variables."""
-    outputs = model.replace_rvs_by_values(outputs)
-    return model.compile_fn(outputs, inputs=model.value_vars, on_unused_input="ignore")(point)
 
 
 NONCENTRED = {"parameterisation": "noncentred", "whitening": "none"}

@@ -549,7 +549,8 @@ def _joint_subject_effects(
     a minor mode in which one subject's intercompartmental clearance collapses
     (``benchmarks/README.md``).
     """
-    omega_start = None if start is None else np.full(len(start.eta[0]), start.omega)
+    # (one per chain)
+    omega_start = None if start is None else np.full(start.eta.shape[1], start.omega)
     omega = pt.stack(
         [
             pm.HalfNormal(
