@@ -16,8 +16,13 @@ benchmarks/results/pk_fit_summary.json. ``--include`` adds the rows of earlier r
 protocol (model, draws, tuning, chains, cores, target acceptance, mass matrix: read from each
 row's recorded command, and refused when any differs) on the same model specification (the hash
 of its file, recorded per row as spec_sha256) to the summary, so that one long sweep can be run
-in parts. ``--seed 1 2 3`` fits every size with each sampler seed (one fit's min ESS is a noisy
-measure); the exponent is then fitted to every fit, and per seed in the summary.
+in parts. ``--seed 1 2 3`` fits every size with each sampler seed and ``--trial-seed A B``
+simulates every size with each simulator seed (one fit's min ESS is a noisy measure, and the
+worst parameter's ESS depends on the trial drawn); the exponent is then fitted to every fit
+(with an intercept per recorded machine), with its 90% confidence interval and its split into
+the growth of the sampling time and of the draws per effective sample, and per seed and per
+trial in the summary. ``--summarise`` fits nothing and writes the summary of the ``--include``
+rows.
 
 Usage (defaults: the issue's protocol, 4 chains x 1000 draws after 1000 tuning, 2 cores):
 
@@ -48,6 +53,8 @@ from resource import RUSAGE_CHILDREN, RUSAGE_SELF
 
 import numpy as np
 import pandas as pd
+
+from ketamine_pmx.io import atomic_path, write_json
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -101,7 +108,7 @@ def run_one(args: argparse.Namespace) -> dict:
     )
     from ketamine_pmx.specs import load_pk_spec, with_bsv, with_parameter
 
-    table = make_table(args.one_size, args.trial_seed)
+    table = make_table(args.one_size, args.one_trial_seed)
     spec = load_pk_spec(REPO / "models" / f"{args.model}.yaml")
     # The Stan program is written non-centred: the same posterior in other free variables.
     how = "noncentred" if args.one_backend == "stan" else args.parameterisation
@@ -162,6 +169,7 @@ def run_one(args: argparse.Namespace) -> dict:
         "subjects": args.one_size,
         "backend": args.one_backend,
         "seed": args.one_seed,
+        "trial_seed": args.one_trial_seed,
         "observations": int(idata.observed_data["y"].size),
         "parameterisation": spec.spec["bsv"]["parameterisation"],
         # building the PyMC model (with bsv.whitening: laplace, its empirical Bayes step)
@@ -242,11 +250,12 @@ def included_rows(
                     f"models/{want['model']}.yaml (spec_sha256 {got_sha or 'not recorded'}, "
                     f"this run's {sha256})"
                 )
-        seeds = []
+        seeds, trial_seeds = [], []
         for i, command in enumerate(rows["command"]):
             words = shlex.split(command)
             recorded_args = parser.parse_args(words[words.index("benchmarks/pk_fit.py") + 1 :])
             seeds.append(recorded_args.seed[0])
+            trial_seeds.append(recorded_args.trial_seed[0])
             got = protocol(recorded_args)
             diff = {k: (got[k], want[k]) for k in PROTOCOL if got[k] != want[k]}
             if diff:
@@ -256,16 +265,64 @@ def included_rows(
                 )
         if "seed" not in rows:  # rows of one seed each, from before the column
             rows["seed"] = seeds
+        if "trial_seed" not in rows:  # likewise one simulated trial per size
+            rows["trial_seed"] = trial_seeds
         frames.append(rows)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def _log_log_slope(rows: pd.DataFrame, y: np.ndarray) -> tuple[float, float, int]:
+    """Least-squares slope of ``y`` on log(subjects), its standard error and the residual
+    degrees of freedom. Rows measured on different machines (the recorded ``machine``) get an
+    intercept each: a machine's speed scales every time it records, not their growth."""
+    x = np.log(rows["subjects"].to_numpy(float))
+    machines = rows["machine"] if "machine" in rows else pd.Series(["one"] * len(rows))
+    design = np.column_stack([x, pd.get_dummies(machines.to_numpy()).to_numpy(float)])
+    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+    dof = len(y) - design.shape[1]
+    if dof < 1:
+        return float(coef[0]), float("nan"), dof
+    s2 = float(np.sum((y - design @ coef) ** 2)) / dof
+    return float(coef[0]), float(np.sqrt(s2 * np.linalg.inv(design.T @ design)[0, 0])), dof
+
+
 def scaling_exponent(rows: pd.DataFrame) -> float:
     """Slope of log(seconds per effective sample) on log(subjects), least squares over every
-    row (with several sampler seeds, every fit of every size)."""
+    row (with several sampler seeds, every fit of every size; an intercept per machine)."""
     if rows["subjects"].nunique() < 2:
         return float("nan")
-    return float(np.polyfit(np.log(rows["subjects"]), np.log(rows["s_per_ess"]), 1)[0])
+    return _log_log_slope(rows, np.log(rows["s_per_ess"].to_numpy(float)))[0]
+
+
+def scaling_interval(rows: pd.DataFrame, level: float = 0.9) -> dict:
+    """The exponent with its uncertainty, and the two factors it is the sum of.
+
+    One fit's min ESS is a noisy measure, so one exponent says little without its interval:
+    the ``level`` confidence interval of the least-squares slope (Student's t on the residual
+    degrees of freedom; it needs more fits than sizes and machines, i.e. several seeds, to say
+    anything). Since seconds per effective sample = sampling seconds / min ESS and every fit
+    of one protocol runs the same draws, the exponent splits exactly into that of the sampling
+    seconds (the cost of a draw) and that of 1 / min ESS (draws per effective sample).
+    """
+    from scipy import stats
+
+    if rows["subjects"].nunique() < 2:
+        return {}
+    slope, se, dof = _log_log_slope(rows, np.log(rows["s_per_ess"].to_numpy(float)))
+    if dof < 1:
+        return {}
+    half = float(stats.t.ppf(0.5 + level / 2, dof) * se)
+    cost = _log_log_slope(rows, np.log(rows["sampling_s"].to_numpy(float)))[0]
+    draws = _log_log_slope(rows, -np.log(rows["min_ess_bulk"].to_numpy(float)))[0]
+    return {
+        "fits": len(rows),
+        "machines": int(rows["machine"].nunique()) if "machine" in rows else 1,
+        "exponent": round(slope, 3),
+        "standard_error": round(se, 3),
+        f"interval_{round(level * 100)}": [round(slope - half, 3), round(slope + half, 3)],
+        "sampling_seconds_exponent": round(cost, 3),
+        "draws_per_effective_sample_exponent": round(draws, 3),
+    }
 
 
 def machine() -> str:
@@ -342,7 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="sampler seed(s): every size is fitted with each; the exponent is fitted to all "
         "the fits, and per seed in the summary",
     )
-    p.add_argument("--trial-seed", type=int, default=TRIAL_SEED, help="simulator seed")
+    p.add_argument(
+        "--trial-seed",
+        type=int,
+        nargs="+",
+        default=[TRIAL_SEED],
+        help="simulator seed(s): every size is simulated with each, and fitted with every "
+        "sampler seed (the worst parameter's ESS depends on the trial drawn as much as on the "
+        "sampler's seed, so the exponent is better measured over several trials per size)",
+    )
     p.add_argument("--out", type=Path, default=HERE / "results" / "pk_fit.csv")
     p.add_argument(
         "--include",
@@ -351,9 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="CSV files of earlier runs of the same protocol, merged into the summary",
     )
+    p.add_argument(
+        "--summarise",
+        action="store_true",
+        help="fit nothing: write the summary of the --include rows (to --out's _summary.json)",
+    )
     p.add_argument("--one-size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--one-backend", help=argparse.SUPPRESS)
     p.add_argument("--one-seed", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--one-trial-seed", type=int, help=argparse.SUPPRESS)
     return p
 
 
@@ -368,8 +439,16 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/pk_fit.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     sha256 = spec_sha256(args.model)
     earlier = included_rows(args.include, p, protocol(args), sha256)  # before expensive work
+    if args.summarise:
+        if not len(earlier):
+            p.error("--summarise needs the rows of earlier runs (--include)")
+        summary = summarise(earlier, command, args.include, [])
+        write_json(args.out.with_name(args.out.stem + "_summary.json"), summary)
+        print(json.dumps(summary, indent=2))
+        return 0
     rows, notes = [], []
-    for size, seed, backend in itertools.product(args.sizes, args.seed, args.backends):
+    runs = itertools.product(args.sizes, args.trial_seed, args.seed, args.backends)
+    for size, trial_seed, seed, backend in runs:
         if backend == "stan":
             try:
                 import stan  # noqa: F401
@@ -378,12 +457,16 @@ def main(argv: list[str] | None = None) -> int:
                 continue
         child = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
         child += ["--one-size", str(size), "--one-backend", backend, "--one-seed", str(seed)]
+        child += ["--one-trial-seed", str(trial_seed)]
         t0 = time.perf_counter()
         proc = subprocess.run(child, capture_output=True, text=True, cwd=REPO)
         found = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROW ")]
         if proc.returncode != 0 or not found:
             err = proc.stderr.replace(f"{REPO}{os.sep}", "").strip()  # repository-relative
-            notes.append(f"{backend} at {size} subjects, seed {seed}, failed: {err[-400:]}")
+            notes.append(
+                f"{backend} at {size} subjects (trial {trial_seed}), seed {seed}, failed: "
+                f"{err[-400:]}"
+            )
             print(notes[-1], file=sys.stderr)
             continue
         row = json.loads(found[-1][4:])
@@ -398,32 +481,52 @@ def main(argv: list[str] | None = None) -> int:
     table["machine"] = machine()
     table["command"] = command
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.out, index=False)
-    summary: dict = {"command": command, "machine": machine(), "notes": notes}
+    with atomic_path(args.out) as tmp:
+        table.to_csv(tmp, index=False)
     if len(earlier):
-        key = ["subjects", "backend", "seed"]
+        key = ["subjects", "backend", "seed", "trial_seed"]
         new = set(table[key].itertuples(index=False, name=None))
         keep = [k not in new for k in earlier[key].itertuples(index=False, name=None)]
-        summary["included"] = sorted({str(p) for p in args.include})
         table = pd.concat([table, earlier[keep]], ignore_index=True)
+    summary = summarise(table, command, args.include, notes)
+    write_json(args.out.with_name(args.out.stem + "_summary.json"), summary)
+    print(table.drop(columns=["spec_sha256", "machine", "command"]).to_string(index=False))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def summarise(table: pd.DataFrame, command: str, include: list[Path], notes: list[str]) -> dict:
+    """The summary of a sweep: the scaling exponent per backend (over every fit, per seed, and
+    with its interval and factors) and nutpie's min-ESS/s over the other backends' per size
+    (each backend's mean over its seeds)."""
+    summary: dict = {"command": command, "machine": machine(), "notes": notes}
+    if include:
+        summary["included"] = sorted({str(p) for p in include})
     for backend, sub in table.groupby("backend"):
         summary[f"{backend}_s_per_ess_exponent"] = round(scaling_exponent(sub), 3)
         if sub["seed"].nunique() > 1:
             summary[f"{backend}_s_per_ess_exponent_per_seed"] = {
                 int(seed): round(scaling_exponent(one), 3) for seed, one in sub.groupby("seed")
             }
-    if {"nutpie", "stan"} <= set(table["backend"]):
-        wide = table.pivot(index="subjects", columns="backend", values="min_ess_per_s")
-        ratio = (wide["nutpie"] / wide["stan"]).dropna()
-        summary["nutpie_over_stan_min_ess_per_s"] = {int(k): round(v, 2) for k, v in ratio.items()}
-    if {"nutpie", "pymc"} <= set(table["backend"]):
-        wide = table.pivot(index="subjects", columns="backend", values="min_ess_per_s")
-        ratio = (wide["nutpie"] / wide["pymc"]).dropna()
-        summary["nutpie_over_pymc_min_ess_per_s"] = {int(k): round(v, 2) for k, v in ratio.items()}
-    args.out.with_name(args.out.stem + "_summary.json").write_text(json.dumps(summary, indent=2))
-    print(table.drop(columns=["spec_sha256", "machine", "command"]).to_string(index=False))
-    print(json.dumps(summary, indent=2))
-    return 0
+        if sub["trial_seed"].nunique() > 1:
+            summary[f"{backend}_s_per_ess_exponent_per_trial_seed"] = {
+                int(trial): round(scaling_exponent(one), 3)
+                for trial, one in sub.groupby("trial_seed")
+            }
+        if {"sampling_s", "min_ess_bulk"} <= set(sub):
+            summary[f"{backend}_s_per_ess_scaling"] = scaling_interval(sub)
+    if "min_ess_per_s" not in table:
+        return summary
+    wide = table.pivot_table(
+        index="subjects", columns="backend", values="min_ess_per_s", aggfunc="mean"
+    )
+    for other in ("stan", "pymc"):
+        if {"nutpie", other} <= set(wide):
+            ratio = (wide["nutpie"] / wide[other]).dropna()
+            summary[f"nutpie_over_{other}_min_ess_per_s"] = {
+                int(k): round(v, 2) for k, v in ratio.items()
+            }
+    return summary
 
 
 if __name__ == "__main__":
