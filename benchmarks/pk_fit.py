@@ -271,13 +271,19 @@ def included_rows(
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def _machines(rows: pd.DataFrame) -> pd.Series:
+    """Each row's recorded machine; rows that recorded none (older files, or a column missing
+    from some of the merged files) count as one machine of their own."""
+    recorded = rows["machine"] if "machine" in rows else pd.Series(index=rows.index, dtype=object)
+    return recorded.fillna("not recorded")
+
+
 def _log_log_slope(rows: pd.DataFrame, y: np.ndarray) -> tuple[float, float, int]:
     """Least-squares slope of ``y`` on log(subjects), its standard error and the residual
     degrees of freedom. Rows measured on different machines (the recorded ``machine``) get an
     intercept each: a machine's speed scales every time it records, not their growth."""
     x = np.log(rows["subjects"].to_numpy(float))
-    machines = rows["machine"] if "machine" in rows else pd.Series(["one"] * len(rows))
-    design = np.column_stack([x, pd.get_dummies(machines.to_numpy()).to_numpy(float)])
+    design = np.column_stack([x, pd.get_dummies(_machines(rows).to_numpy()).to_numpy(float)])
     coef, *_ = np.linalg.lstsq(design, y, rcond=None)
     dof = len(y) - design.shape[1]
     if dof < 1:
@@ -316,7 +322,7 @@ def scaling_interval(rows: pd.DataFrame, level: float = 0.9) -> dict:
     draws = _log_log_slope(rows, -np.log(rows["min_ess_bulk"].to_numpy(float)))[0]
     return {
         "fits": len(rows),
-        "machines": int(rows["machine"].nunique()) if "machine" in rows else 1,
+        "machines": int(_machines(rows).nunique()),
         "exponent": round(slope, 3),
         "standard_error": round(se, 3),
         f"interval_{round(level * 100)}": [round(slope - half, 3), round(slope + half, 3)],
@@ -496,9 +502,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def summarise(table: pd.DataFrame, command: str, include: list[Path], notes: list[str]) -> dict:
-    """The summary of a sweep: the scaling exponent per backend (over every fit, per seed, and
-    with its interval and factors) and nutpie's min-ESS/s over the other backends' per size
-    (each backend's mean over its seeds)."""
+    """The summary of a sweep: the scaling exponent per backend (over every fit, per sampler
+    seed, per simulated trial, and with its interval and factors) and nutpie's min-ESS/s over
+    the other backends' per size (each backend's mean over its fits of that size)."""
     summary: dict = {"command": command, "machine": machine(), "notes": notes}
     if include:
         summary["included"] = sorted({str(p) for p in include})

@@ -94,7 +94,7 @@ def test_the_exponent_splits_into_the_cost_of_a_draw_and_draws_per_effective_sam
     assert got["standard_error"] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_the_interval_is_the_least_squares_slope_s():
+def test_the_interval_is_that_of_the_least_squares_slope():
     from scipy import stats
 
     rng = np.random.default_rng(7)
@@ -121,6 +121,11 @@ def test_machines_get_an_intercept_each():
     # pooled as if one machine, the slow machine's factor reads as growth
     pooled = rows.drop(columns="machine")
     assert pk_fit.scaling_exponent(pooled) > 1.3
+    # rows that recorded no machine (merged with rows that did) are a machine of their own
+    unrecorded = pd.concat([fast, slow.drop(columns="machine")], ignore_index=True)
+    assert unrecorded["machine"].isna().sum() == 4
+    assert pk_fit.scaling_exponent(unrecorded) == pytest.approx(1.0, abs=1e-6)
+    assert pk_fit.scaling_interval(unrecorded)["machines"] == 2
 
 
 def test_summarise_writes_the_summary_of_earlier_rows_and_fits_nothing(tmp_path):
