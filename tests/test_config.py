@@ -144,3 +144,53 @@ def test_gate_may_be_waived_for_comparison_models_only():
     assert not gate_allows(cfg["gate"], "pk_2cmt_metab")
     with pytest.raises(ConfigError, match="reference model"):
         load_config(None, {"gate": {"allow_failure_for": ["pk_2cmt_metab"]}})
+
+
+@pytest.mark.parametrize(
+    ("results_dir", "fragment"),
+    [
+        ("", "is empty"),
+        ("   ", "is empty"),
+        (".", "is the project folder"),
+        ("..", "a folder above"),
+        ("/", "a folder above"),
+        ("data", "inside the project's input folder"),
+        ("models/runs", "inside the project's input folder"),
+        ("workflow", "inside the project's input folder"),
+    ],
+)
+def test_results_dir_that_would_write_over_the_project_is_refused(
+    results_dir, fragment, monkeypatch
+):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(ConfigError) as err:
+        load_config(None, {"results_dir": results_dir})
+    message = str(err.value)
+    assert f"results_dir: {results_dir!r}" in message and fragment in message
+    assert "results_dir must name a folder of the run's own" in message
+
+
+def test_results_dir_may_not_hold_a_configured_input(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "trial.csv").write_text("ID\n")
+    with pytest.raises(ConfigError, match=r"holds data.path \(study/trial.csv\)"):
+        load_config(None, {"results_dir": "study", "data": {"path": "study/trial.csv"}})
+    ok = load_config(None, {"results_dir": "study/out", "data": {"path": "study/trial.csv"}})
+    assert ok["results_dir"] == "study/out"
+    for fine in ("results", "results/smoke", str(tmp_path / "elsewhere")):
+        assert load_config(None, {"results_dir": fine})["results_dir"] == fine
+
+
+@pytest.mark.parametrize("results_dir", ["", ".", str(REPO)])
+def test_snakemake_refuses_such_a_results_dir_before_any_job(results_dir, tmp_path):
+    from conftest import run_snakemake
+
+    extra = tmp_path / "extra.yaml"
+    extra.write_text(yaml.safe_dump({"results_dir": results_dir}))
+    proc = run_snakemake(tmp_path, "-n", configfiles=("config/smoke.yaml", extra))
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-2000:]
+    assert f"results_dir: {results_dir!r}" in output and str(extra) in output
+    assert "results_dir must name a folder of the run's own" in output
+    assert "simulated/trial.csv" not in output  # nothing was planned

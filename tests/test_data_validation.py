@@ -562,8 +562,12 @@ def config_file(tmp_path: Path, data_cfg: dict[str, Any]) -> list[str]:
     return ["--config", str(path)]
 
 
+#: Rules that only warn, each with its own test below.
+WARNING_RULES = {"column-case", "conc-before-dose"}
+
+
 def test_every_rule_has_a_malformed_case():
-    covered = {c.rule for c in CASES} | {"file-readable"}
+    covered = {c.rule for c in CASES} | {"file-readable"} | WARNING_RULES
     assert covered == set(RULES), sorted(set(RULES) ^ covered)
 
 
@@ -1172,3 +1176,109 @@ def test_random_cell_values_never_crash(data, value, base, tmp_path):
     except DataValidationError as exc:
         assert exc.problems and all(p.rule in RULES for p in exc.problems)
         assert all(1 <= line <= len(base) + 1 for p in exc.problems for line in p.lines)
+
+
+# --------------------------------------------------------------------------------------
+# Hints that say how to fix a refused file; warnings that reach the user
+# --------------------------------------------------------------------------------------
+
+
+def test_lowercase_headers_are_named_with_the_fix(base, tmp_path, capsys):
+    frame = base.rename(columns=str.lower)
+    path = write_frame(frame, tmp_path / "lower.csv")
+    problems = problems_of(path, make_config()["data"])
+    required = find(problems, "column-required")
+    assert {p.column for p in required} >= {"ID", "TIME", "EVID", "AMT", "DV", "WT"}
+    for p in required:
+        assert f"the file has {p.column.lower()!r}" in p.message and "case-sensitive" in p.message
+        assert "data.columns" in p.message and f"{p.column}: {p.column.lower()}" in p.message
+    code, _out, err = run_cli(["validate", str(path)], capsys)
+    assert code == 1
+    assert str(path) in err and "'time'" in err and "rename it TIME" in err
+
+
+def test_a_known_column_in_another_case_is_not_silently_ignored(base, clean, tmp_path, capsys):
+    path = write_frame(base.rename(columns={"MDV": "mdv"}), tmp_path / "mdv.csv")
+    validated = load_dataset(path, make_config()["data"])
+    (warning,) = validated.warnings
+    assert (warning.rule, warning.column, warning.lines) == ("column-case", "mdv", (1,))
+    assert "rename it MDV" in warning.message and "data.columns (MDV: mdv)" in warning.message
+    assert validated.notes["mdv_derived_from_evid"]
+    code, _out, err = run_cli(["validate", str(path)], capsys)
+    assert code == 0 and "warning" in err and "[column-case]" in err and str(path) in err
+
+
+@pytest.mark.parametrize(("sep", "name"), [("\t", "tab"), (";", "semicolon")])
+def test_other_delimiters_are_named(sep, name, base, tmp_path, capsys):
+    path = tmp_path / f"{name}.csv"
+    base.to_csv(path, index=False, sep=sep)
+    (problem,) = problems_of(path, make_config()["data"])
+    assert (problem.rule, problem.lines) == ("file-readable", (1,))
+    assert f"{name}-separated" in problem.message and "comma-separated" in problem.message
+    assert f"{len(base.columns) - 1} {name}(s)" in problem.message
+    code, _out, err = run_cli(["validate", str(path)], capsys)
+    assert code == 1 and str(path) in err and f"{name}-separated" in err
+
+
+def predose_concentration(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, str]:
+    """Subject 1's first row (a baseline score before its dose) made an S_KET concentration."""
+    out = frame.copy()
+    i = subject_rows(out)[0]
+    assert out.loc[i, "EVID"] == "0" and out.loc[i + 1, "EVID"] == "1"
+    out.loc[i, ["ANALYTE", "DVID", "DV", "LLOQ", "BLQ"]] = ["S_KET", "1", "12.5", "1", "0"]
+    return out, i + 2, out.loc[i, "ID"]
+
+
+def test_positive_concentration_before_the_first_dose_warns(base, tmp_path, capsys):
+    frame, line, subject = predose_concentration(base)
+    path = write_frame(frame, tmp_path / "predose.csv")
+    validated = load_dataset(path, make_config()["data"])
+    (warning,) = validated.warnings
+    assert (warning.rule, warning.column, warning.lines) == ("conc-before-dose", "DV", (line,))
+    assert f"line {line}: subject {subject}, S_KET 12.5 ng/mL" in warning.message
+
+    out = tmp_path / "out"
+    code, _out, err = run_cli(["validate", str(path), "--out", str(out)], capsys)
+    assert code == 0
+    shown = warning.format(str(path))
+    assert f"warning: {shown}" in err
+    assert shown in json.loads((out / "summary.json").read_text())["warnings"]
+    assert f"- {shown}" in (out / "summary.md").read_text()
+
+    # The same row at the dose's time but after the dose row is a post-dose sample.
+    i = line - 2
+    after = frame.loc[[*frame.index[:i], i + 1, i, *frame.index[i + 2 :]]]
+    path = write_frame(after, tmp_path / "at_dose.csv")
+    assert load_dataset(path, make_config()["data"]).warnings == []
+
+
+def test_large_files_are_read_without_holding_their_text(base, tmp_path):
+    """Peak memory while loading stays a few times the file's size (it was 17x): numbers are
+    parsed by the CSV reader, text columns share their strings, the file is never one string."""
+    import tracemalloc
+
+    ids = base["ID"].astype(int)
+    copies = [base.assign(ID=(ids + k * ids.max()).astype(str)) for k in range(150)]
+    path = write_frame(pd.concat(copies, ignore_index=True), tmp_path / "large.csv")
+    tracemalloc.start()
+    try:
+        validated = load_dataset(path, make_config()["data"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert validated.table["ID"].nunique() == 150 * base["ID"].nunique()
+    assert peak < 8 * path.stat().st_size, peak / path.stat().st_size
+
+
+def test_validate_refuses_to_overwrite_its_input(trial_csv, tmp_path, capsys):
+    folder = tmp_path / "X"
+    folder.mkdir()
+    data = folder / "clean.csv"
+    data.write_bytes(trial_csv.read_bytes())
+    before = digest(data)
+    code, _out, err = run_cli(["validate", str(data), "--out", str(folder)], capsys)
+    assert code == 2
+    assert f"{data}: this output would overwrite the input {data}" in err
+    assert digest(data) == before and sorted(folder.iterdir()) == [data]
+    code, _out, err = run_cli(["validate", str(data), "--out", str(data / "sub")], capsys)
+    assert code == 2 and "is a file, not a folder" in err and "Traceback" not in err

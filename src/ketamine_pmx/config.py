@@ -54,7 +54,9 @@ _Validator = _with_defaults(jsonschema.Draft202012Validator)
 def validate_config(config: dict[str, Any], source: str = "<config>") -> dict[str, Any]:
     """Validate ``config`` against the schema and return a copy with defaults filled in.
 
-    All schema violations are reported together, each with its key path.
+    All schema violations are reported together, each with its key path. A ``results_dir``
+    the config gives is checked by :func:`results_dir_problems` (relative to the working
+    directory).
     """
     if config is None:
         config = {}
@@ -63,7 +65,8 @@ def validate_config(config: dict[str, Any], source: str = "<config>") -> dict[st
             f"{source}: the configuration must be a mapping, got {type(config).__name__}"
         )
     filled = validate_with_schema(config, load_schema("config"), source, "configuration")
-    _check_semantics(filled, source)
+    # results_dir is checked where a config gives it (not in the sections a job validates)
+    _check_semantics(filled, source, results_dir="results_dir" in config)
     return filled
 
 
@@ -87,7 +90,7 @@ def validate_with_schema(
     return filled
 
 
-def _check_semantics(config: dict[str, Any], source: str) -> None:
+def _check_semantics(config: dict[str, Any], source: str, results_dir: bool = True) -> None:
     """Rules a JSON Schema cannot express."""
     problems = []
     mix = config["simulation"]["population_mix"]
@@ -104,12 +107,84 @@ def _check_semantics(config: dict[str, Any], source: str) -> None:
                     float(code)
                 except ValueError:
                     problems.append(f"data.codes.{key}: code {code!r} is not a number")
+    if results_dir:
+        problems += results_dir_problems(config)
     refs = [m[0] for m in (config["models"]["pk"], config["models"]["response"]) if m]
     for name in sorted(set(refs) & set(config["gate"]["allow_failure_for"])):
         problems.append(
             f"gate.allow_failure_for: {name} is a reference model (everything downstream uses "
             "it); its gate must pass, or set gate.allow_failure for an exploratory run"
         )
+    if problems:
+        raise ConfigError(f"{source}: invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+#: A project's folders of inputs: a results_dir may not be one, lie in one or hold one.
+INPUT_FOLDERS = ("data", "config", "models", "src", "workflow")
+#: Config keys naming input files or folders: a results_dir may not hold any of them.
+INPUT_KEYS = (
+    ("data", "path"),
+    ("simulation", "parameters"),
+    ("models", "dir"),
+    ("dosing", "patients"),
+    ("dosing", "concentrations"),
+)
+RESULTS_DIR_RULE = (
+    "results_dir must name a folder of the run's own (e.g. results or results/my_run): not "
+    "empty, not the project folder or a folder above it, and neither inside nor holding the "
+    f"project's inputs ({', '.join(f + '/' for f in INPUT_FOLDERS)} and the files the config "
+    "names)"
+)
+
+
+def results_dir_problems(config: dict[str, Any], roots: tuple[str | Path, ...] = ()) -> list[str]:
+    """Why the config's ``results_dir`` would write where a run must not (empty when it is fine).
+
+    ``results_dir`` is relative to the working directory. The working directory and ``roots``
+    (e.g. the folder of the Snakefile) are project folders: the results directory may not be one
+    of them or a folder above one, nor be or lie in one of their input folders
+    (:data:`INPUT_FOLDERS`), nor hold a file or folder that a key of :data:`INPUT_KEYS` names.
+    """
+    raw = config["results_dir"]
+    if not raw.strip():
+        return [
+            f"results_dir: {raw!r} is empty, so every output would be written from the root of "
+            f"the filesystem (/simulated/..., /data/...); {RESULTS_DIR_RULE}"
+        ]
+    cwd = Path.cwd()
+    target = (cwd / raw).resolve()
+    projects = sorted({cwd.resolve(), *(Path(r).resolve() for r in roots)})
+    for project in projects:
+        if target == project or target in project.parents:
+            where = "the project folder" if target == project else f"{target}, a folder above"
+            return [
+                f"results_dir: {raw!r} is {where} {project}, whose inputs the run's outputs "
+                f"would overwrite; {RESULTS_DIR_RULE}"
+            ]
+        for name in INPUT_FOLDERS:
+            folder = project / name
+            if folder.is_dir() and (target == folder or folder in target.parents):
+                return [
+                    f"results_dir: {raw!r} is {target}, inside the project's input folder "
+                    f"{folder}; {RESULTS_DIR_RULE}"
+                ]
+    for section, key in INPUT_KEYS:
+        given = config[section][key]
+        places = [(project / given).resolve() for project in projects] if given else []
+        held = any(target == place or target in place.parents for place in places)
+        if held:
+            return [
+                f"results_dir: {raw!r} holds {section}.{key} ({given}), an input the run's "
+                f"outputs could overwrite; {RESULTS_DIR_RULE}"
+            ]
+    return []
+
+
+def check_results_dir(
+    config: dict[str, Any], source: str = "<config>", roots: tuple[str | Path, ...] = ()
+) -> None:
+    """Raise :class:`ConfigError` when :func:`results_dir_problems` finds any."""
+    problems = results_dir_problems(config, roots)
     if problems:
         raise ConfigError(f"{source}: invalid configuration:\n  - " + "\n  - ".join(problems))
 

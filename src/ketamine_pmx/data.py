@@ -13,8 +13,8 @@ observations, BLQ consistency) are checked here, vectorised over the table.
 
 from __future__ import annotations
 
+import codecs
 import difflib
-import io
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,13 +45,15 @@ from .contract import (
     SCORE_ANALYTES,
     unit_factor,
 )
-from .io import write_csv, write_json, write_text
+from .io import check_outputs, write_csv, write_json, write_text
 
 #: Every rule a dataset is checked against: id -> what it requires.
 RULES: dict[str, str] = {
     "file-readable": "the file exists, is a CSV with a header and at least one data row",
     "column-duplicate": "each column name appears once in the header",
     "column-required": "every required column is present (after the configured column map)",
+    "column-case": "a column named as a known column in another case (e.g. 'mdv') is not used: "
+    "column names are case-sensitive (a warning; rename it or map it in config data.columns)",
     "column-numeric": "numeric columns hold numbers ('.' or empty for missing)",
     "id-missing": "every row has an ID",
     "id-contiguous": "the rows of a subject are contiguous (sorted by ID, then TIME)",
@@ -82,6 +84,8 @@ RULES: dict[str, str] = {
     "duplicate-record": "no two rows describe the same event (ID, TIME, EVID, ANALYTE, AMT, RATE)",
     "no-dose": "a subject with observations has at least one dose",
     "dose-after-observations": "a subject's concentrations are not all before its first dose",
+    "conc-before-dose": "a positive concentration before the subject's first dose is reported "
+    "(a warning: a pre-dose residue, or a wrong dose time or ID)",
 }
 
 
@@ -133,6 +137,10 @@ class ValidatedData:
 # --------------------------------------------------------------------------------------
 
 _MISSING = ("", ".", "NA", "NaN", "nan")
+_BLOCK = 1 << 24  # bytes read at a time when a file is checked before parsing
+_CHUNK_ROWS = 250_000  # rows parsed at a time by load_dataset
+#: Separators a header row without commas is checked for (a file saved with another delimiter).
+_DELIMITERS = (("\t", "tab"), (";", "semicolon"), ("|", "vertical bar"))
 
 
 def _lines(index: Iterable[int]) -> tuple[int, ...]:
@@ -140,21 +148,47 @@ def _lines(index: Iterable[int]) -> tuple[int, ...]:
     return tuple(int(i) + 2 for i in sorted(set(index)))
 
 
-def read_raw(path: str | Path) -> pd.DataFrame:
-    """Read a CSV as text, exactly as written: no column is converted or dropped."""
-    path = Path(path)
+def _scan(path: Path) -> str:
+    """The header row of a CSV, after checking the whole file is UTF-8 and not blank, and the
+    header is comma-separated without duplicate names. Streams the file: large files are never
+    held in memory as text."""
     if not path.is_file():
         raise DataValidationError(str(path), [Problem("file-readable", "file not found")])
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    head, content = "", False
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        with open(path, "rb") as fh:
+            while block := fh.read(_BLOCK):
+                text = decoder.decode(block)
+                head = head or text
+                content = content or bool(text.strip())
+            text = decoder.decode(b"", final=True)
+            head, content = head or text, content or bool(text.strip())
     except UnicodeDecodeError as exc:
         raise DataValidationError(
             str(path), [Problem("file-readable", f"not a UTF-8 text file: {exc}")]
         ) from exc
-    if not text.strip():
+    if not content:
         raise DataValidationError(str(path), [Problem("file-readable", "the file is empty")])
-    raw_header = text.splitlines()[0].split(",")
-    names = [h.strip().strip('"') for h in raw_header]
+    header = head.splitlines()[0]
+    names = [h.strip().strip('"') for h in header.split(",")]
+    if len(names) == 1:
+        found = [(sep, label) for sep, label in _DELIMITERS if sep in header]
+        if found:
+            sep, label = found[0]
+            raise DataValidationError(
+                str(path),
+                [
+                    Problem(
+                        "file-readable",
+                        f"the header row has no comma but {header.count(sep)} {label}(s): the "
+                        f"file is {label}-separated, not a CSV; save it comma-separated (e.g. "
+                        f"pandas.read_csv(path, sep={sep!r}).to_csv(new_path, index=False), or "
+                        "'Save as CSV (comma delimited)' in a spreadsheet)",
+                        lines=(1,),
+                    )
+                ],
+            )
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise DataValidationError(
@@ -169,20 +203,87 @@ def read_raw(path: str | Path) -> pd.DataFrame:
                 for d in dupes
             ],
         )
+    return header
+
+
+def _read_csv(path: Path, rows: bool = True, **options: Any) -> pd.DataFrame:
+    """``pandas.read_csv`` of a scanned file; a parser error, or no data rows where ``rows``
+    are expected, is a file-readable problem."""
     try:
-        frame = pd.read_csv(
-            io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True
-        )
+        frame = pd.read_csv(path, encoding="utf-8-sig", skipinitialspace=True, **options)
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataValidationError(
             str(path), [Problem("file-readable", f"not a readable CSV: {exc}")]
         ) from exc
-    if frame.empty:
+    if rows and frame.empty:
         raise DataValidationError(
             str(path), [Problem("file-readable", "the file has no data rows")]
         )
+    return frame
+
+
+def read_raw(path: str | Path) -> pd.DataFrame:
+    """Read a CSV as text, exactly as written: no column is converted or dropped."""
+    path = Path(path)
+    _scan(path)
+    frame = _read_csv(path, dtype=str, keep_default_na=False)
     frame.columns = [c.strip() for c in frame.columns]
     return frame.apply(lambda col: col.str.strip())
+
+
+def _read_typed(path: Path, cfg: dict[str, Any]) -> pd.DataFrame:
+    """Read a CSV as :func:`read_raw` would, except that numeric columns the parser reads as
+    finite numbers come as floats and text columns as stripped shared strings: a fraction of the
+    memory and time on large files, read ``_CHUNK_ROWS`` rows at a time. A numeric column holding
+    anything else (text, 'inf', a missing marker with spaces) is read again as text, so that
+    its problems are reported as written."""
+    _scan(path)
+    raw_names = list(_read_csv(path, rows=False, nrows=0).columns)
+    canonical = {user: key for key, user in cfg["columns"].items()}
+    role = {raw: canonical.get(raw.strip(), raw.strip()) for raw in raw_names}
+    numeric = {
+        r for r in raw_names if role[r] in (*NUMERIC_COLUMNS, "CMT", "DVID") and role[r] != "ID"
+    }
+    parts: dict[str, list[np.ndarray]] = {raw: [] for raw in raw_names}
+    as_text: set[str] = set()
+    try:
+        with pd.read_csv(
+            path,
+            encoding="utf-8-sig",
+            skipinitialspace=True,
+            chunksize=_CHUNK_ROWS,
+            dtype={raw: "category" for raw in raw_names if raw not in numeric},
+            keep_default_na=False,
+            na_values={raw: list(_MISSING) for raw in numeric},
+        ) as reader:
+            for chunk in reader:
+                for raw in raw_names:
+                    col = chunk[raw]
+                    if raw not in numeric:  # strip each distinct value once
+                        stripped = [str(c).strip() for c in col.cat.categories]
+                        parts[raw].append(np.array(stripped, dtype=object)[col.cat.codes])
+                    elif col.dtype.kind in "iuf" and not np.isinf(col).any():
+                        # A copy: a view would keep the chunk's whole block of floats alive.
+                        parts[raw].append(col.to_numpy(dtype=float, copy=True))
+                    else:
+                        as_text.add(raw)
+                        parts[raw] = []
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataValidationError(
+            str(path), [Problem("file-readable", f"not a readable CSV: {exc}")]
+        ) from exc
+    if not sum(len(p) for p in parts[raw_names[0]]):
+        raise DataValidationError(
+            str(path), [Problem("file-readable", "the file has no data rows")]
+        )
+    columns = {}
+    for raw in raw_names:
+        if raw in as_text:
+            text = _read_csv(path, usecols=[raw], dtype=str, keep_default_na=False)[raw]
+            columns[raw.strip()] = text.str.strip().to_numpy()
+        else:
+            columns[raw.strip()] = np.concatenate(parts.pop(raw))
+    return pd.DataFrame(columns, copy=False)
 
 
 # --------------------------------------------------------------------------------------
@@ -192,15 +293,15 @@ def read_raw(path: str | Path) -> pd.DataFrame:
 
 def load_dataset(path: str | Path, data_config: dict[str, Any]) -> ValidatedData:
     """Read, map and validate a dataset; raise :class:`DataValidationError` on any error."""
-    source = str(path)
-    raw = read_raw(path)
-    return validate_frame(raw, data_config, source)
+    return validate_frame(_read_typed(Path(path), data_config), data_config, str(path))
 
 
 def validate_frame(raw: pd.DataFrame, data_config: dict[str, Any], source: str) -> ValidatedData:
-    """Validate a text frame (as from :func:`read_raw`) and return the clean table."""
+    """Validate a text frame (as from :func:`read_raw`; :func:`load_dataset` passes numeric
+    columns already parsed as finite floats) and return the clean table."""
     problems: list[Problem] = []
     frame = _apply_column_map(raw, data_config, problems)
+    del raw  # columns replaced below are freed as they go (the caller's copy aside)
     if _has_errors(problems):
         raise DataValidationError(source, problems)
     frame = _parse_numbers(frame, problems)
@@ -241,7 +342,8 @@ def _apply_column_map(
             )
         else:
             rename[user] = canonical
-    frame = raw.rename(columns=rename)
+    frame = raw.copy(deep=False)  # renamed without copying the data
+    frame.columns = [rename.get(c, c) for c in raw.columns]
     known = set(CORE_COLUMNS) | set(OPTIONAL_EVENT_COLUMNS) | set(COVARIATES)
     unrecognised = [c for c in frame.columns if c not in known]
     required = list(CORE_COLUMNS) + list(cfg["required_covariates"])
@@ -252,10 +354,19 @@ def _apply_column_map(
     ):
         need = sorted({obs_col, "CMT"} - set(frame.columns))
         missing.append(f"ANALYTE (or {' and '.join(need)} codes)")
+    by_case = {c.upper(): c for c in reversed(unrecognised) if c.upper() in known}
     for col in missing:
         base = col.split(" ")[0]
         close = difflib.get_close_matches(base, unrecognised, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}? (map it in config data.columns)" if close else ""
+        if base in by_case:
+            hint = (
+                f"; the file has {by_case[base]!r}, but column names are case-sensitive: rename "
+                f"it {base} or map it in config data.columns ({base}: {by_case[base]})"
+            )
+        elif close:
+            hint = f"; did you mean {close[0]!r}? (map it in config data.columns)"
+        else:
+            hint = ""
         problems.append(
             Problem(
                 "column-required",
@@ -264,14 +375,27 @@ def _apply_column_map(
                 lines=(1,),
             )
         )
+    named = {m.split(" ")[0] for m in missing}
+    for canonical, user in by_case.items():
+        if canonical not in named and canonical not in frame.columns:
+            problems.append(
+                Problem(
+                    "column-case",
+                    f"column {user!r} is not used: column names are case-sensitive; rename it "
+                    f"{canonical} or map it in config data.columns ({canonical}: {user})",
+                    column=user,
+                    lines=(1,),
+                    severity="warning",
+                )
+            )
     return frame
 
 
 def _parse_numbers(frame: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
-    out = frame.copy()
+    out = frame.copy(deep=False)  # columns are replaced, never changed in place
     for col in (*NUMERIC_COLUMNS, "CMT", "DVID"):
-        if col not in out.columns or col == "ID":
-            continue
+        if col not in out.columns or col == "ID" or out[col].dtype.kind == "f":
+            continue  # a float column was read as finite numbers (see _read_typed)
         text = out[col]
         missing = text.isin(_MISSING)
         values = pd.to_numeric(text.where(~missing), errors="coerce")
@@ -293,19 +417,38 @@ def _parse_numbers(frame: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame
         problems.append(
             Problem("id-missing", "ID is missing", column="ID", lines=_lines(out.index[missing_id]))
         )
-    numeric_ids = pd.to_numeric(ids.where(~missing_id), errors="coerce")
-    if numeric_ids[~missing_id].notna().all():
+    codes, distinct = pd.factorize(ids)  # each distinct ID converted once
+    distinct = pd.Series(distinct, dtype=object)
+    missing = distinct.isin(_MISSING)
+    numeric_ids = pd.to_numeric(distinct.where(~missing), errors="coerce")
+    if numeric_ids[~missing].notna().all():
         # NONMEM-style numeric IDs become integers where they are whole numbers.
-        out["ID"] = [
+        converted = [
             None if pd.isna(v) else (int(v) if float(v).is_integer() else float(v))
             for v in numeric_ids
         ]
+        out["ID"] = pd.Series(
+            np.array(converted, dtype=object)[codes], index=out.index
+        ).infer_objects()
     else:
-        out["ID"] = ids.where(~missing_id, None)
+        out["ID"] = pd.Series(distinct.where(~missing, None).to_numpy()[codes], index=out.index)
     for col in (*CATEGORICAL_COVARIATES, "ANALYTE"):
         if col in out.columns:
             out[col] = out[col].where(~out[col].isin(_MISSING))
     return out
+
+
+def _map_distinct(series: pd.Series, fn: Any) -> pd.Series:
+    """``series.map(fn)`` as objects, with ``fn`` called once per distinct value."""
+    codes, distinct = pd.factorize(series, use_na_sentinel=False)
+    mapped = np.empty(len(distinct), dtype=object)
+    mapped[:] = [fn(v) for v in distinct]
+    return pd.Series(mapped[codes], index=series.index)
+
+
+def _upper(series: pd.Series) -> pd.Series:
+    """``series.str.upper()`` of a text column, one string per distinct value."""
+    return _map_distinct(series, lambda v: v.upper() if isinstance(v, str) else np.nan)
 
 
 def _code_key(value: float) -> str | None:
@@ -315,11 +458,11 @@ def _code_key(value: float) -> str | None:
 
 
 def _map_codes(frame: pd.DataFrame, cfg: dict[str, Any], problems: list[Problem]) -> pd.DataFrame:
-    out = frame.copy()
+    out = frame.copy(deep=False)  # columns are replaced, never changed in place
     codes = cfg["codes"]
     if codes["evid"]:
         evid_map = {float(k): float(v) for k, v in codes["evid"].items()}
-        out["EVID"] = out["EVID"].map(lambda v: evid_map.get(v, v))
+        out["EVID"] = _map_distinct(out["EVID"], lambda v: evid_map.get(v, v)).astype(float)
     is_dose = out["EVID"] == EVID_DOSE
     is_obs = out["EVID"] == EVID_OBSERVATION
     dose_map = {str(k): v for k, v in codes["dose_cmt"].items()}
@@ -327,17 +470,19 @@ def _map_codes(frame: pd.DataFrame, cfg: dict[str, Any], problems: list[Problem]
     obs_col = codes["observation_code_column"]
     from_codes = pd.Series(pd.NA, index=out.index, dtype="object")
     if "CMT" in out.columns:
-        from_codes[is_dose] = out.loc[is_dose, "CMT"].map(
-            lambda v: pd.NA if pd.isna(v) else dose_map.get(_code_key(v), f"<CMT {_code_key(v)}>")
+        from_codes[is_dose] = _map_distinct(
+            out.loc[is_dose, "CMT"],
+            lambda v: pd.NA if pd.isna(v) else dose_map.get(_code_key(v), f"<CMT {_code_key(v)}>"),
         )
     if obs_col in out.columns:
-        from_codes[is_obs] = out.loc[is_obs, obs_col].map(
+        from_codes[is_obs] = _map_distinct(
+            out.loc[is_obs, obs_col],
             lambda v: (
                 pd.NA if pd.isna(v) else obs_map.get(_code_key(v), f"<{obs_col} {_code_key(v)}>")
-            )
+            ),
         )
     if "ANALYTE" in out.columns:
-        given = out["ANALYTE"].str.upper()
+        given = _upper(out["ANALYTE"])
         both = given.notna() & from_codes.notna() & (is_dose | is_obs)
         mismatch = both & (given != from_codes)
         if mismatch.any():
@@ -360,7 +505,7 @@ def _map_codes(frame: pd.DataFrame, cfg: dict[str, Any], problems: list[Problem]
 def _convert_units(
     frame: pd.DataFrame, units: dict[str, str], problems: list[Problem]
 ) -> pd.DataFrame:
-    out = frame.copy()
+    out = frame.copy(deep=False)  # columns are replaced, never changed in place
     for col, quantity in (
         ("TIME", "time"),
         ("DUR", "time"),
@@ -374,12 +519,10 @@ def _convert_units(
             out[col] = out[col] * unit_factor(quantity, units[quantity])
     conc_rows = out["ANALYTE"].isin(CONCENTRATION_ANALYTES) & (out["EVID"] == EVID_OBSERVATION)
     if units["conc"] == "nM":
-        mw = out["ANALYTE"].map(
-            lambda a: (
-                MOLAR_MASS_G_MOL[ANALYTES[a].species]
-                if a in ANALYTES and ANALYTES[a].species
-                else np.nan
-            )
+        mw = (
+            out["ANALYTE"]
+            .map({a: MOLAR_MASS_G_MOL[d.species] for a, d in ANALYTES.items() if d.species})
+            .astype(float)
         )
         factor = mw / 1000.0
         no_mass = conc_rows & factor.isna()
@@ -399,7 +542,7 @@ def _convert_units(
         factor = pd.Series(unit_factor("conc", units["conc"]), index=out.index)
     for col in ("DV", "LLOQ"):
         if col in out.columns:
-            out.loc[conc_rows, col] = out.loc[conc_rows, col] * factor[conc_rows]
+            out[col] = out[col].where(~conc_rows, out[col] * factor)
     return out
 
 
@@ -484,7 +627,7 @@ def _show(value: Any) -> str:
 
 def _schema_problems(frame: pd.DataFrame, cfg: dict[str, Any]) -> list[Problem]:
     try:
-        _schema(cfg, frame.columns).validate(frame, lazy=True)
+        _schema(cfg, frame.columns).validate(frame, lazy=True, inplace=True)  # no copy
     except pa.errors.SchemaErrors as err:
         cases = err.failure_cases
         out = []
@@ -536,8 +679,10 @@ def _relational_problems(
     # Subject order and time order.
     ids = f["ID"]
     new_block = ids.ne(ids.shift())
-    block_of_id = new_block.cumsum().groupby(ids.astype(str)).nunique()
-    split = ids.astype(str).map(block_of_id) > 1
+    # Subjects by ID as integer codes (missing IDs are one subject, as 'None' was).
+    subj = pd.Series(pd.factorize(ids, use_na_sentinel=False)[0], index=f.index)
+    block_of_id = new_block.cumsum().groupby(subj).nunique()
+    split = subj.map(block_of_id) > 1
     add(
         "id-contiguous",
         split & new_block & (f.index != f.index[0]),
@@ -642,11 +787,14 @@ def _relational_problems(
         ("INDICATION", {i: i for i in INDICATIONS}, "MDD/CRPS"),
     ):
         if col in f.columns:
-            vals = (
-                f[col].astype("string").str.upper() if col != "CYP2B6" else f[col].astype("string")
-            )
-            keys = {str(k).upper() if col != "CYP2B6" else str(k) for k in known}
-            bad = f[col].notna() & ~vals.isin(keys)
+            upper = col != "CYP2B6"
+            keys = {str(k).upper() if upper else str(k) for k in known}
+            bad = ~_map_distinct(
+                f[col],
+                lambda v, upper=upper, keys=keys: (
+                    pd.isna(v) or (str(v).upper() if upper else str(v)) in keys
+                ),
+            ).astype(bool)
             add(
                 "covariate-value",
                 bad,
@@ -656,7 +804,7 @@ def _relational_problems(
             )
     for col in BASELINE_COVARIATES:
         if col in f.columns:
-            first = f.groupby(ids.astype(str), sort=False)[col].transform("first")
+            first = f[col].groupby(subj, sort=False).transform("first")
             differs = f[col].notna() & first.notna() & (f[col] != first)
             if differs.any():
                 bad_ids = sorted(set(ids[differs].astype(str)))
@@ -681,14 +829,43 @@ def _relational_problems(
     key = ["ID", "TIME", "EVID", "ANALYTE", "AMT"] + (["RATE"] if "RATE" in f else [])
     dup = f.duplicated(subset=key, keep=False) & (is_dose | is_obs)
     add("duplicate-record", dup, "duplicate record (same ID, TIME, EVID, ANALYTE, AMT, RATE)", "ID")
-    subj = ids.astype(str)
     has_dose = is_dose.groupby(subj).transform("any")
     add("no-dose", is_obs & ~has_dose, "subject has observations but no dose", "EVID")
     first_dose = f["TIME"].where(is_dose).groupby(subj).transform("min")
     conc_subject_max = f["TIME"].where(is_conc).groupby(subj).transform("max")
+    all_before = first_dose > conc_subject_max  # dose-after-observations, an error below
+    position = pd.Series(np.arange(len(f)), index=f.index)
+    first_dose_row = position.where(is_dose).groupby(subj).transform("min")
+    measured = is_conc & (f["MDV"] == 0) & ~flagged & (f["DV"] > 0) & ~(f["DV"] < lloq)
+    before = (measured & ~all_before) & (
+        (f["TIME"] < first_dose) | ((f["TIME"] == first_dose) & (position < first_dose_row))
+    )
+    if before.any():
+        shown = f[before].head(3)
+        examples = "; ".join(
+            f"line {i + 2}: subject {s}, {a} {_show(v)} ng/mL at TIME {_show(t)} (first dose at "
+            f"TIME {_show(d)})"
+            for i, s, a, v, t, d in zip(
+                shown.index,
+                shown["ID"],
+                shown["ANALYTE"],
+                shown["DV"],
+                shown["TIME"],
+                first_dose[before].head(3),
+                strict=True,
+            )
+        )
+        add(
+            "conc-before-dose",
+            before,
+            f"positive concentration before the subject's first dose ({examples}); the models "
+            "predict none before a first dose: a pre-dose residue, or a wrong dose time or ID?",
+            "DV",
+            severity="warning",
+        )
     add(
         "dose-after-observations",
-        is_dose & has_dose & (first_dose > conc_subject_max) & (f["TIME"] == first_dose),
+        is_dose & has_dose & all_before & (f["TIME"] == first_dose),
         "every concentration of the subject precedes its first dose",
         "TIME",
     )
@@ -698,8 +875,14 @@ def _relational_problems(
 def _finalise(
     frame: pd.DataFrame, cfg: dict[str, Any]
 ) -> tuple[pd.DataFrame, dict[str, Any], list[Problem]]:
-    """Apply BLQ handling, derive RATE from DUR and CYP2B6 class; drop rows that carry nothing."""
-    f = frame.copy()
+    """Apply BLQ handling, derive RATE from DUR and CYP2B6 class; drop rows that carry nothing.
+
+    ``frame`` (validate_frame's own) is consumed: its columns are replaced and then moved into
+    the table, so that a large table is never held twice.
+    """
+    f = frame  # the columns changed in place below get their own copy first
+    for col in ("AMT", "DV", "MDV"):
+        f[col] = f[col].copy()
     notes: dict[str, Any] = {}
     extra: list[Problem] = []
     is_dose = f["EVID"] == EVID_DOSE
@@ -746,22 +929,30 @@ def _finalise(
     notes["observation_rows_mdv1_dropped"] = int(no_value.sum())
     other = f["EVID"] == EVID_OTHER
     notes["evid2_rows_dropped"] = int(other.sum())
-    f = f[keep & ~no_value & ~other]
+    rows = (keep & ~no_value & ~other).to_numpy()
     if "CYP2B6" in f.columns:
         cmap = {**DEFAULT_CYP2B6_MAP, **cfg["codes"]["cyp2b6"]}
-        f["CYP2B6_CLASS"] = f["CYP2B6"].map(lambda v: cmap.get(str(v)) if pd.notna(v) else None)
+        f["CYP2B6_CLASS"] = _map_distinct(
+            f["CYP2B6"], lambda v: cmap.get(str(v)) if pd.notna(v) else None
+        )
     if "SEX" in f.columns:
         smap = {
             **{k.upper(): v for k, v in DEFAULT_SEX_MAP.items()},
             **{str(k).upper(): v for k, v in cfg["codes"]["sex"].items()},
         }
-        f["SEX"] = f["SEX"].map(lambda v: smap.get(str(v).upper()) if pd.notna(v) else None)
+        f["SEX"] = _map_distinct(
+            f["SEX"], lambda v: smap.get(str(v).upper()) if pd.notna(v) else None
+        )
     if "INDICATION" in f.columns:
-        f["INDICATION"] = f["INDICATION"].str.upper()
+        f["INDICATION"] = _upper(f["INDICATION"])
     for col in CLEAN_COLUMNS:
         if col not in f.columns:
             f[col] = np.nan
-    table = f[list(CLEAN_COLUMNS)].reset_index(drop=True)
+    every = rows.all()
+    table = pd.DataFrame(
+        {c: f.pop(c).to_numpy() if every else f.pop(c).to_numpy()[rows] for c in CLEAN_COLUMNS},
+        copy=False,
+    )
     table["EVID"] = table["EVID"].astype(int)
     table["MDV"] = table["MDV"].astype(int)
     table["BLQ"] = table["BLQ"].astype(int)
@@ -806,8 +997,8 @@ def summarise(validated: ValidatedData) -> dict[str, Any]:
     else:  # neither (e.g. a non-ketamine reference dataset): one group of all subjects
         group_col = "ALL"
         subjects = subjects.assign(ALL="all")
-    obs = t[t["EVID"] == EVID_OBSERVATION]
-    doses = t[t["EVID"] == EVID_DOSE]
+    obs = t.loc[t["EVID"] == EVID_OBSERVATION, ["ID", "ANALYTE", "BLQ"]]  # columns used only
+    doses = t.loc[t["EVID"] == EVID_DOSE, ["ID"]]
     per_analyte = {
         a: {
             "observations": len(g),
@@ -839,7 +1030,8 @@ def summarise(validated: ValidatedData) -> dict[str, Any]:
         if subjects[col].notna().any()
     }
     per_group = {}
-    for g, rows in t.groupby(t["ID"].map(subjects[group_col]), sort=True):
+    events = t[["ID", "EVID", "AMT", "RATE"]]
+    for g, rows in events.groupby(t["ID"].map(subjects[group_col]), sort=True):
         d = rows[rows["EVID"] == EVID_DOSE]
         per_group[str(g)] = {
             "subjects": int(rows["ID"].nunique()),
@@ -924,7 +1116,9 @@ def write_outputs(
     summary_json: str | Path,
     summary_md: str | Path,
 ) -> dict[str, Any]:
-    """Write the clean table and its summary (atomically)."""
+    """Write the clean table and its summary (atomically); refuse (:class:`~.io.OutputError`)
+    outputs that would overwrite the dataset read or each other."""
+    check_outputs([clean_path, summary_json, summary_md], [validated.source])
     summary = summarise(validated)
     write_clean(validated, clean_path)
     write_json(summary_json, summary)
