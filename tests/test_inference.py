@@ -641,3 +641,137 @@ def test_compare_with_truth_reports_the_population_and_the_realised_values():
     assert table.loc["cl_pop[R]", "sample_truth"] == 10.2
     assert table.loc["cl_pop[S]", "q5"] == pytest.approx(10 * np.exp(-1.645 * 0.05), rel=0.01)
     assert "sample_truth" not in compare_with_truth(idata, truth).columns
+
+
+# --- flags: parameters at a boundary, variability the data do not support -----------------
+
+TYPICAL = {"log_cl_f_pop[S]": 76.0, "log_cl_f_pop[R]": 72.0, "log_cl_o_pop[S]": 19.0}
+TYPICAL |= {"log_cl_o_pop[R]": 18.0}
+
+
+def _posterior(seed=4, **variables):
+    """A constructed posterior: 2 chains x 1000 draws of each (S, R) variable, ``prior_typical``
+    recorded as a fit records it; a healthy one unless a variable says otherwise."""
+    import arviz as az
+
+    rng = np.random.default_rng(seed)
+    shape = (2, 1000, 2)
+    healthy = {
+        "log_cl_f_pop": np.log([76.0, 70.0]) + 0.03 * rng.standard_normal(shape),
+        "log_cl_o_pop": np.log([19.0, 17.0]) + 0.05 * rng.standard_normal(shape),
+        "logit_fm_hnk_pop": 1.1 + 0.1 * rng.standard_normal(shape),
+        "omega_cl": 0.25 + 0.02 * rng.standard_normal(shape),
+        "omega_q": 0.15 + 0.03 * rng.standard_normal(shape),  # small, but supported
+    }
+    draws = {k: v(rng, shape) if callable(v) else v for k, v in variables.items()}
+    post = healthy | draws
+    idata = az.from_dict(
+        posterior=post,
+        dims={k: ["enantiomer"] for k in post},
+        coords={"enantiomer": ["S", "R"]},
+        sample_stats={"diverging": np.zeros((2, 1000), bool)},
+    )
+    idata.posterior.attrs["prior_typical"] = json.dumps(TYPICAL)
+    return idata
+
+
+def test_parameters_at_a_boundary_of_their_support_are_flagged():
+    from ketamine_pmx.inference import parameter_flags
+
+    assert parameter_flags(_posterior()) == {}  # healthy: silent
+    # the issue's fit: cl_o pushed to 0.6 L/h (prior centre 19), 0.993 of cl through NK
+    at_edge = _posterior(
+        log_cl_o_pop=lambda g, s: np.log([0.6, 2.6]) + 0.1 * g.standard_normal(s),
+        logit_fm_hnk_pop=lambda g, s: np.array([-4.0, 0.5]) + 0.1 * g.standard_normal(s),
+    )
+    flags = parameter_flags(at_edge)
+    assert set(flags) == {"log_cl_o_pop[S]", "fm_nk_pop[S]", "fm_nk_pop[R]", "logit_fm_hnk_pop[S]"}
+    assert flags["log_cl_o_pop[S]"].startswith("near 0: median 0.")
+    assert "< 0.1 x the prior's typical value 19 " in flags["log_cl_o_pop[S]"]
+    assert flags["fm_nk_pop[S]"].startswith("near 1: median 0.992")
+    assert flags["fm_nk_pop[R]"].startswith("near 1: median 0.964")  # 70 / (70 + 2.6)
+    assert flags["logit_fm_hnk_pop[S]"].startswith("near 0: median 0.018")
+    # cl_o 2.6 L/h is 0.14 x its prior centre: above the default ratio, below a stricter one
+    assert "log_cl_o_pop[R]" in parameter_flags(at_edge, {"boundary_ratio": 0.2})
+    assert "fm_nk_pop[R]" not in parameter_flags(at_edge, {"boundary_fraction": 0.02})
+
+
+def test_an_omega_piled_at_zero_proposes_the_model_without_that_variability():
+    from ketamine_pmx.inference import bsv_advice, parameter_flags
+
+    healthy = _posterior()
+    assert bsv_advice(healthy, parameter_flags(healthy)) == []
+    # omega_q piled at 0 in both enantiomers (the truth had none), omega_vp reaching down to 0
+    # in both (as the fit of such a truth gives: mean 0.1, 5% quantile 0.01-0.02, about a
+    # third of its mass below 0.1); omega_vc only in R
+    piled = _posterior(
+        omega_q=lambda g, s: np.abs(0.04 * g.standard_normal(s)),
+        omega_vp=lambda g, s: np.abs(0.14 + 0.06 * g.standard_normal(s)),
+        omega_vc=lambda g, s: np.abs(
+            np.array([0.25, 0.04]) + np.array([0.02, 0.04]) * g.standard_normal(s)
+        ),
+    )
+    flags = parameter_flags(piled)
+    assert set(flags) == {"omega_q[S]", "omega_q[R]", "omega_vp[S]", "omega_vp[R]", "omega_vc[R]"}
+    assert flags["omega_q[S]"].startswith("posterior mass near 0: P(omega < 0.1) = 0.9")
+    assert flags["omega_q[S]"].endswith("consider removing BSV on q")
+    assert flags["omega_vp[R]"].startswith("not bounded away from 0: relative SE 0.4")
+    advice = bsv_advice(piled, flags)
+    assert len(advice) == 1 and "variability on q, vp (bsv: false" in advice[0]
+    assert "vc" not in advice[0]  # flagged in R only: one variability for both enantiomers
+    # the thresholds are the config's
+    assert set(parameter_flags(piled, {"omega_min": 0.01, "omega_rse_max": 0.9})) == set()
+
+
+def test_diagnose_writes_the_flags_and_the_proposal_to_both_files(tmp_path):
+    from ketamine_pmx.inference import diagnose, gate_message, gate_notes
+
+    rules = GATE | {"omega_min": 0.1}
+    csv, gate_json = tmp_path / "diagnostics.csv", tmp_path / "gate.json"
+    diagnose(_posterior(), rules, csv, gate_json)
+    table, result = pd.read_csv(csv).fillna(""), json.loads(gate_json.read_text())
+    assert (table["flag"] == "").all() and result["flags"] == [] and result["advice"] == []
+    assert {"fm_nk_pop[S]", "fm_nk_pop[R]"} <= set(table["parameter"])  # the derived share
+    bad = _posterior(
+        log_cl_o_pop=lambda g, s: np.log([0.6, 17.0]) + 0.1 * g.standard_normal(s),
+        omega_q=lambda g, s: np.abs(0.04 * g.standard_normal(s)),
+    )
+    failures = diagnose(bad, rules, csv, gate_json)
+    table = pd.read_csv(csv).fillna("").set_index("parameter")
+    result = json.loads(gate_json.read_text())
+    assert table.loc["log_cl_o_pop[S]", "flag"].startswith("near 0")
+    assert table.loc["omega_q[R]", "flag"].startswith("posterior mass near 0")
+    assert table.loc["log_cl_o_pop[R]", "flag"] == ""
+    assert len(result["flags"]) == 4 and result["flags"][0].startswith("log_cl_o_pop[S]: near 0")
+    assert "omega_q" in result["advice"][0]
+    # flags inform; they do not fail the gate (2000 independent draws pass it)
+    assert failures == [] and result["gate_passed"]
+    message = gate_message("pk_2cmt_metab", ["R-hat 1.09 > 1.01 (omega_q[S])"], gate_notes(result))
+    assert "flag omega_q[S]: posterior mass near 0" in message
+    assert "proposal: remove between-subject variability on q" in message
+
+
+def test_a_derived_share_is_reported_but_not_gated():
+    table = pd.concat(
+        [
+            _table(),
+            pd.DataFrame(
+                {
+                    "parameter": ["fm_nk_pop[S]"],
+                    "r_hat": [1.2],
+                    "ess_bulk": [50.0],
+                    "ess_tail": [50.0],
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
+    assert gate(table, {"divergences": 0, "e_bfmi_min": 0.9}, GATE) == []
+
+
+def test_a_fit_records_the_prior_centres_the_boundary_rule_needs(spec):
+    from ketamine_pmx.inference import prior_typical
+
+    centres = prior_typical(spec)
+    assert centres["log_cl_o_pop[S]"] == 19.0 and centres["log_cl_hnk_pop[R]"] == 76.0
+    assert not any(k.startswith(("log_v_nk", "log_fm_hnk")) for k in centres)  # fixed; fraction

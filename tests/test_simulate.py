@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -295,6 +296,62 @@ def test_dserine_switch_removes_its_effect():
     pop = simulate_trial(cfg).population
     assert pop["logit_scale_effects"]["b_dser_per_um"] == {"MDD": 0.0, "CRPS": 0.0}
     assert pop["truth_overrides"]["dser_effect"] == 0.0
+
+
+def test_pk_truth_switches_remove_bsv_and_set_any_value():
+    """A truth the default model was not tuned to: no BSV on q and vp, NK volume 200 L (the
+    models fix 250 L), every MDD patient at 0.5 mg/kg."""
+    truth = {
+        "no_bsv": ["q", "vp"],
+        "parameters": {
+            "pk.enantiomers.*.v_nk": 200,
+            "arms.MDD.regimen.dose_levels_mg_kg": [0.5],
+        },
+    }
+    trial = simulate_trial(make_config(arms={"MDD": 8, "CRPS_OUT": 0, "CRPS_IN": 0}, truth=truth))
+    s, pk = trial.subjects, trial.population["parameters"]["pk"]
+    wt = s["WT"].to_numpy(float) / 70.0
+    for e in ("S", "R"):
+        assert (s[f"eta_{e}_q"] == 0).all() and (s[f"eta_{e}_vp"] == 0).all()
+        np.testing.assert_allclose(s[f"{e}_q"], pk["enantiomers"][e]["q"] * wt**0.75)
+        np.testing.assert_allclose(s[f"{e}_vp"], pk["enantiomers"][e]["vp"] * wt)
+        np.testing.assert_allclose(s[f"{e}_v_nk"], 200.0 * wt)
+        assert s[f"eta_{e}_cl"].std() > 0.05  # the other groups keep their variability
+    assert pk["omega"]["q"] == pk["omega"]["vp"] == 0.0 and pk["omega"]["cl"] == 0.25
+    assert (s["DOSE_MG_KG"] == 0.5).all()
+    # the truth the fitted models are compared with follows the switches
+    assert pk_truth(trial.population)["omega_q[S]"] == 0.0
+    assert sample_pk_truth(trial.population, s)["omega_vp[R]"] == 0.0
+    assert trial.population["truth_overrides"]["no_bsv"] == ["q", "vp"]
+
+
+@pytest.mark.parametrize(
+    ("truth", "message"),
+    [
+        (
+            {"parameters": {"pk.enantiomers.*.vnk": 200}},
+            "simulation.truth.parameters.pk.enantiomers",
+        ),
+        (
+            {"parameters": {"pk.enantiomers.S.fm_nk": 1.5}},
+            "pk.enantiomers.S.fm_nk: must be a fraction",
+        ),
+        ({"parameters": {"pk.omega": 0.1}}, "a number takes a number"),
+        ({"no_bsv": ["qq"]}, "simulation.truth.no_bsv: 'qq' is not a BSV group"),
+    ],
+)
+def test_bad_truth_switches_are_refused_with_the_key(truth, message):
+    with pytest.raises(ParameterFileError, match=re.escape(message)):
+        simulate_trial(make_config(arms={"MDD": 1, "CRPS_OUT": 0, "CRPS_IN": 0}, truth=truth))
+
+
+def test_truth_switches_are_checked_by_the_schema():
+    from ketamine_pmx.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape("simulation.truth.parameters")):
+        make_config(truth={"parameters": {"pk.omega.q": "none"}})
+    with pytest.raises(ConfigError, match=re.escape("simulation.truth.no_bsv")):
+        make_config(truth={"no_bsv": "q"})
 
 
 def test_relief_fades_over_a_week_in_mdd_and_weeks_in_crps(params):

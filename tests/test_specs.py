@@ -65,3 +65,20 @@ def test_file_name_must_match_card(tmp_path):
     path.write_text((REPO / "models" / "pk_2cmt_metab.yaml").read_text())
     with pytest.raises(SpecError, match="must equal the file name"):
         load_pk_spec(path)
+
+
+def test_without_bsv_is_the_reduced_model_the_advice_proposes():
+    from ketamine_pmx.specs import bsv_groups, with_bsv, without_bsv
+
+    spec = load_pk_spec(REPO / "models" / "pk_2cmt_metab.yaml")
+    reduced = without_bsv(spec, ["q", "vp"])
+    assert list(bsv_groups(reduced.parameters)) == ["cl", "vc", "cl_nk", "cl_hnk"]
+    assert not reduced.parameters["q"]["bsv"] and reduced.sha256 != spec.sha256
+    # a group of several parameters loses it on all of them, checked again as a spec (the
+    # apparent-clearance centring needs the cl group)
+    no_cl = without_bsv(with_bsv(spec, centred_scale="parameter"), ["cl"])
+    assert not no_cl.parameters["cl_f"]["bsv"] and not no_cl.parameters["cl_o"]["bsv"]
+    with pytest.raises(SpecError, match="apparent clearances need cl_f and cl_o"):
+        without_bsv(spec, ["cl"])
+    with pytest.raises(SpecError, match="not BSV group"):
+        without_bsv(spec, ["v_nk"])

@@ -21,6 +21,12 @@ HNK with the fraction fm_hnk of NK's elimination. Residual error per analyte a::
 
 A BLQ observation contributes P(DV < LLOQ) (Beal's M3) through a censored likelihood, so the
 pointwise log-likelihood that PSIS-LOO needs is defined for every observation.
+
+Diagnostics (:func:`diagnose`): R-hat, ESS, divergences and E-BFMI decide the gate; beside it,
+:func:`parameter_flags` names population estimates at a boundary of their support (a clearance
+near 0 against its prior's typical value, a fraction near 0 or 1) and between-subject SDs piled
+at 0, and :func:`bsv_advice` proposes the model without that variability. The rules are in
+:func:`parameter_flags`'s docstring.
 """
 
 from __future__ import annotations
@@ -894,12 +900,138 @@ def population_variables(idata: az.InferenceData) -> list[str]:
     ]
 
 
-def diagnostics_table(idata: az.InferenceData) -> pd.DataFrame:
-    """R-hat, bulk/tail ESS, mean, SD, 5%/95% per population parameter element, eta shrinkage."""
+#: Defaults of the thresholds of :func:`parameter_flags` (config ``gate``).
+FLAG_DEFAULTS = {
+    "boundary_ratio": 0.1,
+    "boundary_fraction": 0.05,
+    "omega_min": 0.1,
+    "omega_rse_max": 0.33,
+}
+#: Population quantities derived from two estimated ones, reported and flagged like the others
+#: (not gated: their convergence is their parts').
+DERIVED = {"fm_nk_pop": "share of the parent's clearance forming NK, cl_f / (cl_f + cl_o)"}
+
+
+def derived_fractions(post: xr.Dataset) -> dict[str, xr.DataArray]:
+    """Fractions a model defines through two estimated clearances, per draw: the share of the
+    parent's clearance that forms NK, ``fm_nk_pop = cl_f / (cl_f + cl_o)`` (typical values)."""
+    if "log_cl_f_pop" in post and "log_cl_o_pop" in post:
+        return {"fm_nk_pop": 1.0 / (1.0 + np.exp(post["log_cl_o_pop"] - post["log_cl_f_pop"]))}
+    return {}
+
+
+def _elements(x: xr.DataArray) -> list[tuple[str, np.ndarray]]:
+    """(element name as ArviZ writes it, its draws) for each element of a posterior variable."""
+    dims = [d for d in x.dims if d not in ("chain", "draw")]
+    if not dims:
+        return [(str(x.name), x.values.ravel())]
+    flat = x.stack(_element=dims).transpose("_element", ...)
+    names = [v if isinstance(v, tuple) else (v,) for v in flat["_element"].values]
+    return [
+        (f"{x.name}[{', '.join(map(str, n))}]", flat.values[k].ravel()) for k, n in enumerate(names)
+    ]
+
+
+def parameter_flags(idata: az.InferenceData, rules: dict[str, Any] | None = None) -> dict[str, str]:
+    """What the convergence checks cannot see: population estimates at a boundary of their
+    support, and between-subject variability the data do not support. ``{element: reason}``.
+
+    The rules (thresholds from ``rules``, the config's ``gate`` section; defaults in
+    ``FLAG_DEFAULTS``), each on the posterior median m of the natural-scale value:
+
+    - a positive parameter sampled on the log scale (``log_<name>_pop``: clearance, volume,
+      rate) is *near 0* when m < ``boundary_ratio`` x its prior's typical value (the centre the
+      spec gives it, recorded with the fit as ``prior_typical``; without it the rule is skipped);
+    - a fraction (``logit_<name>_pop``, and the share of the parent's clearance forming NK,
+      ``fm_nk_pop``, derived from cl_f and cl_o) is *near 0 or 1* when m < ``boundary_fraction``
+      or m > 1 - ``boundary_fraction``;
+    - a between-subject SD ``omega_<group>`` has its *posterior mass near 0* when
+      P(omega < ``omega_min``) > 1/2 (the median below ``omega_min``; 0.1 is about a 10% CV),
+      and is *not bounded away from 0* when its relative standard error, posterior SD / mean,
+      exceeds ``omega_rse_max`` (0.33: its mass within 3 SDs of 0; a posterior piled at 0 like
+      a half-normal has 0.76, a well-estimated omega of 0.25 from 200 rich profiles 0.1). Either
+      way the data do not support the variability, and its removal (``bsv: false``) is proposed
+      (:func:`bsv_advice`).
+
+    A flag does not fail the gate: a parameter at its boundary usually means the model is wrong
+    elsewhere (e.g. a fixed volume that the data contradict, pushed into a clearance), and
+    variability without support makes the posterior hard to sample (a funnel at omega = 0).
+    """
+    r = {**FLAG_DEFAULTS, **{k: v for k, v in (rules or {}).items() if k in FLAG_DEFAULTS}}
+    post = idata.posterior
+    typical = json.loads(post.attrs.get("prior_typical", "{}"))
+    derived = derived_fractions(post)
+    flags: dict[str, str] = {}
+    for var in [*population_variables(idata), *derived]:
+        x = derived[var] if var in derived else post[var]
+        x.name = var
+        for element, draws in _elements(x):
+            m = float(np.median(draws))
+            if var.startswith("log_") and var.endswith("_pop") and element in typical:
+                value, ref = float(np.exp(m)), float(typical[element])
+                if value < r["boundary_ratio"] * ref:
+                    flags[element] = (
+                        f"near 0: median {value:.3g} < {r['boundary_ratio']:g} x the prior's "
+                        f"typical value {ref:.3g} (boundary of its support)"
+                    )
+            elif var in derived or (var.startswith("logit_") and var.endswith("_pop")):
+                value = m if var in derived else float(1.0 / (1.0 + np.exp(-m)))
+                f = r["boundary_fraction"]
+                if value < f or value > 1.0 - f:
+                    edge = 0 if value < f else 1
+                    label = f"; {DERIVED[var]}" if var in DERIVED else ""
+                    flags[element] = (
+                        f"near {edge}: median {value:.3g} within {f:g} of {edge} "
+                        f"(boundary of its support{label})"
+                    )
+            elif var.startswith("omega_"):
+                share = float(np.mean(draws < r["omega_min"]))
+                mean, rse = float(draws.mean()), float(draws.std() / draws.mean())
+                advice = f"consider removing BSV on {var[len('omega_') :]}"
+                if share > 0.5:
+                    flags[element] = (
+                        f"posterior mass near 0: P(omega < {r['omega_min']:g}) = {share:.2f}, "
+                        f"median {m:.3g}: {advice}"
+                    )
+                elif rse > r["omega_rse_max"]:
+                    flags[element] = (
+                        f"not bounded away from 0: relative SE {rse:.2f} > "
+                        f"{r['omega_rse_max']:g} (mean {mean:.3g}, 5% quantile "
+                        f"{np.quantile(draws, 0.05):.3g}): {advice}"
+                    )
+    return flags
+
+
+def bsv_advice(idata: az.InferenceData, flags: dict[str, str]) -> list[str]:
+    """BSV groups whose omega is flagged (near 0, or not bounded away from it) in every chain
+    (enantiomer), as a proposal: the reduced model (``bsv: false`` on the group's parameters)."""
+    post = idata.posterior
+    groups = []
+    for var in population_variables(idata):
+        if not var.startswith("omega_"):
+            continue
+        elements = [e for e, _ in _elements(post[var].rename(var))]
+        if all("consider removing BSV" in flags.get(e, "") for e in elements):
+            groups.append(var[len("omega_") :])
+    if not groups:
+        return []
+    return [
+        f"remove between-subject variability on {', '.join(groups)} (bsv: false in the model "
+        f"specification) and refit: the posterior of omega_{', omega_'.join(groups)} is not "
+        "bounded away from 0 (see the flags), so the data do not support variability there"
+    ]
+
+
+def diagnostics_table(idata: az.InferenceData, rules: dict[str, Any] | None = None) -> pd.DataFrame:
+    """R-hat, bulk/tail ESS, mean, SD, 5%/95% per population parameter element, derived
+    fractions (``DERIVED``), eta shrinkage, and a ``flag`` column: the reason a population
+    estimate is doubtful (:func:`parameter_flags`; empty when none)."""
     names = population_variables(idata)
+    derived = derived_fractions(idata.posterior)
+    post = idata.posterior.assign(derived) if derived else idata.posterior
     summ = az.summary(
-        idata,
-        var_names=names,
+        az.InferenceData(posterior=post),
+        var_names=[*names, *derived],
         kind="all",
         round_to="none",
         stat_funcs={"q5": lambda x: np.quantile(x, 0.05), "q95": lambda x: np.quantile(x, 0.95)},
@@ -911,7 +1043,9 @@ def diagnostics_table(idata: az.InferenceData) -> pd.DataFrame:
         {"parameter": f"shrinkage_eta_{g}[{c}]", "mean": value}
         for (g, c), value in eta_shrinkage(idata).items()
     ]
-    return pd.concat([out, pd.DataFrame(shrink)], ignore_index=True) if shrink else out
+    out = pd.concat([out, pd.DataFrame(shrink)], ignore_index=True) if shrink else out
+    out["flag"] = out["parameter"].map(parameter_flags(idata, rules)).fillna("")
+    return out
 
 
 def eta_shrinkage(idata: az.InferenceData) -> dict[tuple[str, str], float]:
@@ -946,7 +1080,8 @@ def run_statistics(idata: az.InferenceData) -> dict[str, Any]:
 
 def gate(table: pd.DataFrame, stats: dict[str, Any], rules: dict[str, Any]) -> list[str]:
     """Failures of the diagnostic gate (empty when it passes)."""
-    params = table[~table["parameter"].str.startswith("shrinkage_")]
+    name = table["parameter"].str.split("[", regex=False).str[0]
+    params = table[~table["parameter"].str.startswith("shrinkage_") & ~name.isin(list(DERIVED))]
     failures = []
     worst_rhat = params.loc[params["r_hat"].idxmax()]
     if worst_rhat["r_hat"] > rules["rhat_max"]:
@@ -969,18 +1104,46 @@ def gate(table: pd.DataFrame, stats: dict[str, Any], rules: dict[str, Any]) -> l
 
 
 def write_diagnostics(
-    table: pd.DataFrame, stats: dict[str, Any], failures: list[str], csv_path, json_path
+    table: pd.DataFrame,
+    stats: dict[str, Any],
+    failures: list[str],
+    csv_path,
+    json_path,
+    advice: list[str] | None = None,
 ) -> None:
+    """``diagnostics.csv`` (the table) and ``gate.json``: the run statistics, the gate's result
+    and failures, ``flags`` (``"<element>: <reason>"``, from the table's flag column) and
+    ``advice`` (:func:`bsv_advice`)."""
+    flagged = table[table.get("flag", pd.Series("", index=table.index)).fillna("") != ""]
     write_csv(csv_path, table, float_format="%.6g")
-    write_json(json_path, {**stats, "gate_passed": not failures, "gate_failures": failures})
+    write_json(
+        json_path,
+        {
+            **stats,
+            "gate_passed": not failures,
+            "gate_failures": failures,
+            "flags": [
+                f"{p}: {f}" for p, f in zip(flagged["parameter"], flagged["flag"], strict=True)
+            ],
+            "advice": list(advice or []),
+        },
+    )
 
 
 def diagnose(idata: az.InferenceData, rules: dict[str, Any], csv_path, json_path) -> list[str]:
-    """Diagnostics table and gate of any posterior, written out; the gate's failures."""
-    table = diagnostics_table(idata)
+    """Diagnostics table, flags and gate of any posterior, written out; the gate's failures."""
+    table = diagnostics_table(idata, rules)
     stats = run_statistics(idata)
     failures = gate(table, stats, rules)
-    write_diagnostics(table, stats, failures, csv_path, json_path)
+    flags = dict(zip(table["parameter"], table["flag"], strict=True))
+    write_diagnostics(
+        table,
+        stats,
+        failures,
+        csv_path,
+        json_path,
+        bsv_advice(idata, {k: v for k, v in flags.items() if v}),
+    )
     return failures
 
 
@@ -989,8 +1152,20 @@ def gate_allows(rules: dict[str, Any], model: str) -> bool:
     return bool(rules["allow_failure"]) or model in rules.get("allow_failure_for", [])
 
 
-def gate_message(model: str, failures: list[str]) -> str:
-    return f"diagnostic gate FAILED for {model}:\n  - " + "\n  - ".join(failures)
+def gate_notes(gate_json: dict[str, Any] | str | Path) -> list[str]:
+    """The flags and advice of a ``gate.json`` (its content, or its path) as lines for a log or
+    a message."""
+    if not isinstance(gate_json, dict):
+        gate_json = json.loads(Path(gate_json).read_text(encoding="utf-8"))
+    return [f"flag {f}" for f in gate_json.get("flags", [])] + [
+        f"proposal: {a}" for a in gate_json.get("advice", [])
+    ]
+
+
+def gate_message(model: str, failures: list[str], notes: list[str] | None = None) -> str:
+    """The failed gate's message; ``notes`` (:func:`gate_notes`) follow the failures."""
+    text = f"diagnostic gate FAILED for {model}:\n  - " + "\n  - ".join(failures)
+    return text + "".join(f"\n  {n}" for n in notes or [])
 
 
 def fit_pk(
@@ -1003,7 +1178,20 @@ def fit_pk(
     build_seconds = round(time.perf_counter() - start, 3)
     idata = sample_pk(model, data, spec, sampler, seed)
     idata.posterior.attrs["build_seconds"] = build_seconds
+    idata.posterior.attrs["prior_typical"] = json.dumps(prior_typical(spec), sort_keys=True)
     return idata, data
+
+
+def prior_typical(spec: PKSpec) -> dict[str, float]:
+    """The prior's typical value (its centre, natural scale) of each estimated positive
+    population parameter, named as the posterior's elements (``"log_cl_o_pop[S]"``): the scale
+    against which :func:`boundary_flags` judges a value near zero."""
+    return {
+        f"log_{name}_pop[{c}]": spec.typical(name, c)
+        for name in spec.estimated()
+        if spec.kind(name) != "fraction"
+        for c in spec.chains
+    }
 
 
 def describe(idata: az.InferenceData) -> str:

@@ -163,7 +163,16 @@ def _check_parameters(p: Any) -> list[str]:
 
 
 def apply_truth_overrides(params: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:
-    """A copy of ``params`` with the config's response switches applied (None keeps a value)."""
+    """A copy of ``params`` with the config's truth switches (``simulation.truth``) applied.
+
+    Response switches (None keeps a value): ``hnk_effect``, ``dser_effect``, ``mg_effect``.
+    ``parameters`` replaces values of the parameter file by dotted path, a ``*`` standing for
+    every key at its level (``{"pk.enantiomers.*.v_nk": 200}``: NK's volume of both
+    enantiomers; ``{"arms.MDD.regimen.dose_levels_mg_kg": [0.5]}``: one dose level); a number
+    replaces a number and a list a list. ``no_bsv`` lists BSV groups of ``pk.omega`` simulated
+    without between-subject variability (omega 0), e.g. ``["q", "vp"]``. The result is checked
+    again as a parameter file; a problem raises :class:`ParameterFileError` naming the key.
+    """
     out = json.loads(json.dumps(params))
     resp = out["response"]
     if truth.get("hnk_effect") is not None:
@@ -171,7 +180,50 @@ def apply_truth_overrides(params: dict[str, Any], truth: dict[str, Any]) -> dict
     for key, target in (("dser_effect", "b_dser_per_um"), ("mg_effect", "b_mg_per_0p1_mmol_l")):
         if truth.get(key) is not None:
             resp[target] = {ind: float(truth[key]) for ind in resp[target]}
+    for path, value in (truth.get("parameters") or {}).items():
+        _replace(out, path.split("."), value, f"simulation.truth.parameters.{path}")
+    omega = out["pk"].get("omega", {})
+    for group in truth.get("no_bsv") or []:
+        if group not in omega:
+            raise ParameterFileError(
+                f"simulation.truth.no_bsv: {group!r} is not a BSV group of the parameter file "
+                f"(pk.omega: {', '.join(omega)})"
+            )
+        omega[group] = 0.0
+    if truth.get("parameters") or truth.get("no_bsv"):
+        problems = _check_parameters(out)
+        if problems:
+            raise ParameterFileError(
+                "simulation.truth: the overridden parameters are invalid:\n  - "
+                + "\n  - ".join(problems)
+            )
     return out
+
+
+def _replace(node: Any, keys: list[str], value: Any, where: str) -> None:
+    """Set ``node[k1][k2]...`` to ``value`` (``*`` matches every key), refusing a path that
+    names no value of the file or a value of another type (a number for a list, ...)."""
+    key, rest = keys[0], keys[1:]
+    if not isinstance(node, dict) or (key != "*" and key not in node):
+        known = f"keys: {', '.join(map(str, node))}" if isinstance(node, dict) else "a value"
+        raise ParameterFileError(f"{where}: the parameter file has no key {key!r} there ({known})")
+    for k in list(node) if key == "*" else [key]:
+        if rest:
+            _replace(node[k], rest, value, where)
+            continue
+        old = node[k]
+        if not (
+            (_is_number(old) and _is_number(value))
+            or (isinstance(old, list) and isinstance(value, list))
+        ):
+            raise ParameterFileError(
+                f"{where}: replaces {old!r} with {value!r}; a number takes a number, a list a list"
+            )
+        node[k] = json.loads(json.dumps(value))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 # --------------------------------------------------------------------------------------

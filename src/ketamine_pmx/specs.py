@@ -330,6 +330,24 @@ def with_bsv(spec: PKSpec, **bsv: Any) -> PKSpec:
     return _respecified(spec, raw)
 
 
+def without_bsv(spec: PKSpec, groups: list[str] | tuple[str, ...]) -> PKSpec:
+    """The same specification without the between-subject variability of BSV ``groups`` (every
+    parameter of each group gets ``bsv: false``): the reduced model that
+    :func:`ketamine_pmx.inference.bsv_advice` proposes when a group's omega is piled at 0."""
+    have = bsv_groups(spec.parameters)
+    unknown = [g for g in groups if g not in have]
+    if unknown:
+        raise SpecError(
+            f"{spec.path}: {unknown} not BSV group(s) of the model (groups: {sorted(have)})"
+        )
+    raw = copy.deepcopy(spec.spec)
+    for name, par in raw["parameters"].items():
+        if par["bsv"] and (par.get("bsv_group") or name) in groups:
+            par["bsv"] = False
+            par.pop("bsv_group", None)
+    return _respecified(spec, raw)
+
+
 def with_parameter(spec: PKSpec, name: str, **keys: Any) -> PKSpec:
     """The same specification with other keys of parameter ``name`` (validated again; a key
     given as None is removed), e.g. ``with_parameter(spec, "cl_hnk", sample_per="fm_hnk")``."""
