@@ -4,6 +4,7 @@ against per-patient NUTS, the decision rule, refusals of bad input, and the virt
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import types
 
@@ -186,6 +187,15 @@ def test_fast_posterior_agrees_with_per_patient_nuts(world):
             assert 0.75 < y.std() / x.std() < 1.33, (name, c)
 
 
+DECISION = {"margin": 0.03, "tie_mcse": 2.0, "min_p_response": 0.3}
+SAFETY = {
+    "peak_ketamine_ng_ml": 400,
+    "peak_tolerated_probability": 0.1,
+    "cumulative_auc_ng_h_ml": 25000,
+    "cumulative_tolerated_probability": 0.1,
+}
+
+
 def test_decision_rule():
     rows = []
     specs = [  # (patient, regimen, P(response), P(peak), P(cum), cumulative AUC)
@@ -208,6 +218,8 @@ def test_decision_rule():
                 "CUM_AUC_KET_MEDIAN": cum,
                 "TOTAL_MG": cum / 10,
                 "EXPOSURE_LOGIT": -1.0 if i == 1 else 0.0,
+                "EXPOSURE_Z": -0.8 if i == 1 else 0.0,
+                "P_RESPONSE_GAP_SE": 0.0,
             }
         )
     table = pd.DataFrame(rows)
@@ -223,14 +235,217 @@ def test_decision_rule():
         }
     )
     post = dosing.IndividualPosterior({}, ["population"] * 3, np.full(3, 200.0))
-    cfg = {"decision": {"margin": 0.03, "min_p_response": 0.3}}
+    cfg = {"decision": DECISION, "safety": SAFETY}
     contrib = {"DSER": np.zeros(3), "MG": np.zeros(3), "CYP2B6": np.zeros(3)}
     rec = dosing.decide(table, patients, contrib, post, cfg, "AUC_HNK").set_index("ID")
     assert rec.loc["P0", "REGIMEN"] == "a" and not rec.loc["P0", "LIKELY_NON_RESPONDER"]
     assert rec.loc["P1", "REGIMEN"] == "a" and rec.loc["P1", "LIKELY_NON_RESPONDER"]
     assert rec.loc["P1", "DRIVER"].startswith("low predicted HNK exposure; CYP2B6 PM")
-    assert not rec.loc["P2", "RECOMMENDED"]
-    assert "safety limits" in rec.loc["P2", "REASON"]
+    assert not rec.loc["P2", "RECOMMENDED"] and rec.loc["P2", "STATUS"] == dosing.STATUS_SAFETY
+    assert "tolerated 0.1" in rec.loc["P2", "REASON"]
+
+
+def test_ties_within_monte_carlo_error_go_to_the_lower_exposure():
+    """A P(response) difference within tie_mcse Monte Carlo SEs of the paired difference is a
+    tie (lower cumulative exposure wins), one beyond it is not, and exact ties fall to the
+    grid's order."""
+    specs = [  # (patient, regimen, P(response), SE of the gap to the best, cumulative AUC)
+        (0, "cheap", 0.70, 0.02, 1000.0),  # 0.03 below the best, within 2 x 0.02: a tie
+        (0, "best", 0.73, 0.00, 3000.0),
+        (1, "cheap", 0.70, 0.005, 1000.0),  # 0.03 below, beyond 2 x 0.005: worse
+        (1, "best", 0.73, 0.00, 3000.0),
+        (2, "first", 0.50, 0.00, 1000.0),  # identical in every criterion: grid order
+        (2, "second", 0.50, 0.00, 1000.0),
+    ]
+    table = pd.DataFrame(
+        [
+            {
+                "patient": i,
+                "ID": f"P{i}",
+                "REGIMEN": reg,
+                "P_RESPONSE": p,
+                "P_RESPONSE_GAP_SE": se,
+                "P_PEAK_EXCEEDED": 0.0,
+                "P_CUM_EXCEEDED": 0.0,
+                "CUM_AUC_KET_MEDIAN": cum,
+                "TOTAL_MG": 50.0,
+                "EXPOSURE_LOGIT": 0.0,
+                "EXPOSURE_Z": 0.0,
+                "ACCEPTABLE": True,
+            }
+            for i, reg, p, se, cum in specs
+        ]
+    )
+    patients = pd.DataFrame(
+        {"ID": ["P0", "P1", "P2"], "INDICATION": "MDD", "SETTING": "outpatient"}
+    ).assign(CYP2B6_CLASS="NM", DSER=4.0, MG=0.85)
+    post = dosing.IndividualPosterior({}, ["population"] * 3, np.full(3, 200.0))
+    cfg = {"decision": {**DECISION, "margin": 0.0}, "safety": SAFETY}
+    zero = {"DSER": np.zeros(3), "MG": np.zeros(3), "CYP2B6": np.zeros(3)}
+    rec = dosing.decide(table, patients, zero, post, cfg, "AUC_HNK").set_index("ID")
+    assert rec["REGIMEN"].to_dict() == {"P0": "cheap", "P1": "best", "P2": "first"}
+    assert rec["N_TIED"].to_dict() == {"P0": 2, "P1": 1, "P2": 2}
+
+
+def _cohort(world, rows):
+    """Patients (the example file's rows, in the given order, with any renamed copies:
+    (new ID, source ID)) and the concentration rows of those with a test dose."""
+    patients, conc = _patients_and_conc(world, [src for _, src in rows])
+    by_id = patients.set_index("ID", drop=False)
+    out, c = [], []
+    for new, src in rows:
+        out.append(by_id.loc[src].copy().rename(None).to_dict() | {"ID": new})
+        c.append(conc[conc["ID"] == src].assign(ID=new))
+    return pd.DataFrame(out), pd.concat(c, ignore_index=True)
+
+
+def test_plan_depends_only_on_the_patient_and_the_seed(world):
+    """Common random numbers: each patient's rows of both tables are bit-identical whether
+    the patient is alone, in a shuffled file, in any batch of a split, or a copy of another
+    patient under a new ID (with and without a test dose)."""
+    config, _, models = world
+    cfg = _cfg(config, pk_draws=60, proposals=600)
+    ids = ["MDD-01", "MDD-02", "MDD-03", "MDD-05", "CRPS-02", "CRPS-04"]
+    pats, conc = _cohort(world, [(i, i) for i in ids])
+
+    def run(patients, concentrations):
+        res = dosing.recommend(models, patients, cfg, 7, concentrations)
+        key = ["ID", "FAMILY", "REGIMEN"]
+        return (
+            res.recommendations.set_index("ID"),
+            res.regimens.sort_values(key).set_index(key),
+        )
+
+    ref_rec, ref_reg = run(pats, conc)
+    assert set(ref_rec["METHOD"]) == {"population", "importance"}
+
+    def same(got, renamed=None):
+        rec, reg = got
+        for new, src in (renamed or {i: i for i in rec.index}).items():
+            pd.testing.assert_series_equal(
+                rec.loc[new], ref_rec.loc[src], check_exact=True, check_names=False
+            )
+            pd.testing.assert_frame_equal(reg.loc[new], ref_reg.loc[src], check_exact=True)
+
+    shuffled = pats.iloc[np.random.default_rng(0).permutation(len(pats))]
+    same(run(shuffled.reset_index(drop=True), conc))
+    for k in range(3):
+        part = dosing.patient_batch(pats, k, 3)
+        same(run(part, conc[conc["ID"].isin(part["ID"])]))
+    same(run(*_cohort(world, [("MDD-03", "MDD-03")])))
+    copies = [("MDD-05", "MDD-05"), ("COPY-A", "MDD-01"), ("COPY-B", "MDD-03"), ("X", "MDD-01")]
+    same(run(*_cohort(world, copies)), dict(copies))
+
+
+def _shifted(models, **shift):
+    """The models with response-posterior variables shifted (e.g. a coefficient's sign
+    flipped by scale=-1, or the intercept lowered)."""
+    post = models.resp_posterior.copy(deep=True)
+    for name, (scale, add) in shift.items():
+        values = post[name].values  # the copy's own array
+        values *= scale
+        values += add
+    return dataclasses.replace(models, resp_posterior=post)
+
+
+def test_drivers_follow_the_fitted_sign_and_flags_always_name_one(world):
+    """The driver calls a value high or low against the fitted trial's mean and names it only
+    when the fitted coefficient makes it lower the response; a flagged patient whose
+    covariates lower nothing is told what does."""
+    config, _, models = world
+    cfg = _cfg(config, pk_draws=60)
+    const = models.resp_const
+    mean_mg, sd_mg = float(const["centre_mg"]), float(const["scale_mg"])
+    patients = pd.DataFrame(
+        {
+            "ID": ["HIGH-MG", "TYPICAL"],
+            "INDICATION": "MDD",
+            "SETTING": "outpatient",
+            "WT": 70.0,
+            "CYP2B6_CLASS": "NM",
+            "DSER": float(const["centre_dser"]),
+            "MG": [mean_mg + 2.5 * sd_mg, mean_mg],
+        }
+    )
+    flipped = _shifted(models, b_mg=(-1.0, 0.0))
+    rec = dosing.recommend(flipped, patients, cfg, 3).recommendations.set_index("ID")
+    assert rec.loc["HIGH-MG", "DRIVER"].startswith(f"high Mg ({mean_mg + 2.5 * sd_mg:.3g}")
+    # with the fitted (positive) sign a high Mg helps: it is not a reason
+    rec = dosing.recommend(models, patients, cfg, 3).recommendations.set_index("ID")
+    assert "Mg" not in rec.loc["HIGH-MG", "DRIVER"]
+    # an indication where nobody responds: the typical patient is flagged with a true reason
+    hopeless = _shifted(models, intercept=(1.0, -6.0))
+    rec = dosing.recommend(hopeless, patients, cfg, 3).recommendations.set_index("ID")
+    typical = rec.loc["TYPICAL"]
+    assert typical["LIKELY_NON_RESPONDER"] and not typical["DRIVER"].startswith("none")
+    assert (
+        "no single factor" in typical["DRIVER"] and "typical MDD patient 0.0" in typical["DRIVER"]
+    )
+
+
+def test_no_regimen_within_caps_or_limits_is_a_row_not_an_abort(world, tmp_path):
+    """A patient whose caps lie below every candidate gets a row saying so and the others are
+    recommended; with safety limits nothing meets, each patient's row says that."""
+    config, _, models = world
+    cfg = _cfg(config, pk_draws=40)
+    path = tmp_path / "patients.csv"
+    path.write_text(
+        GOOD
+        + "LOW-DOSE,MDD,outpatient,70,40,F,*1/*1,4,0.9,0.05,\n"
+        + "OK,MDD,outpatient,70,40,F,*1/*1,4,0.9,,\n"
+        + "LOW-RATE,CRPS,outpatient,70,40,F,*1/*1,4,0.9,,2\n"
+    )
+    patients = dosing.load_patients(path, models, cfg, config["data"])
+    rec = dosing.recommend(models, patients, cfg, 1).recommendations.set_index("ID")
+    for pid, why in (("LOW-DOSE", "MAX_DOSE_MG_KG 0.05"), ("LOW-RATE", "MAX_RATE_MG_H 2")):
+        row = rec.loc[pid]
+        assert row["STATUS"] == "no regimen within the patient's caps", row
+        assert why in row["REASON"] and not row["RECOMMENDED"]
+        assert pd.isna(row["REGIMEN"]) and pd.isna(row["P_RESPONSE"])
+    assert rec.loc["OK", "STATUS"] == "recommended" and rec.loc["OK", "P_RESPONSE"] > 0
+    alone = dosing.recommend(models, patients.iloc[[0]], cfg, 1).recommendations
+    assert alone["STATUS"].tolist() == ["no regimen within the patient's caps"]
+    strict = _cfg(config, pk_draws=40, safety={"peak_ketamine_ng_ml": 1.0})
+    rec = dosing.recommend(models, patients.iloc[[1]], strict, 1).recommendations.iloc[0]
+    assert rec["STATUS"] == "no regimen within the safety limits" and not rec["RECOMMENDED"]
+    assert "P(peak > 1 ng/mL) 1.00" in rec["REASON"] and not rec["LIKELY_NON_RESPONDER"]
+
+
+def test_every_exposure_has_its_interval_and_every_share_its_error(world):
+    """Peak, course AUC and the response model's AUC come with the decision.prob interval of
+    the patient's draws (checked against the draws evaluated one at a time), and each
+    probability with its Monte Carlo error; the recommendation carries its regimen's."""
+    config, _, models = world
+    cfg = _cfg(config, pk_draws=40)
+    patients, _ = _patients_and_conc(world, ["MDD-02"])
+    post = dosing.individual_posterior(models, patients, None, cfg, seed=2)
+    grid = [r for r in dosing.regimen_grid(cfg) if r.indication == "MDD"][:4]
+    table, _ = dosing.evaluate_regimens(models, patients, post, grid, cfg, seed=0)
+    one_each = dosing.IndividualPosterior(
+        {k: np.moveaxis(v, 0, 1) for k, v in post.params.items()}, ["x"] * 40, np.ones(40)
+    )
+    many = patients.loc[np.zeros(40, int)].reset_index(drop=True)
+    per_draw, _ = dosing.evaluate_regimens(models, many, one_each, grid, cfg, seed=0)
+    for col in ("PEAK_KET", "CUM_AUC_KET", "EXPOSURE"):
+        for reg, rows in per_draw.groupby("REGIMEN"):
+            row = table.set_index("REGIMEN").loc[reg]
+            lo, med, hi = np.quantile(rows[f"{col}_MEDIAN"], [0.05, 0.5, 0.95])
+            np.testing.assert_allclose(
+                row[[f"{col}_LO", f"{col}_MEDIAN", f"{col}_HI"]].to_numpy(float), [lo, med, hi]
+            )
+            assert lo < hi
+    assert (table["P_RESPONSE_MCSE"] > 0).all()
+    assert (table[["P_PEAK_EXCEEDED_MCSE", "P_CUM_EXCEEDED_MCSE"]] > 0).all().all()
+    res = dosing.recommend(models, patients, cfg, 2)
+    chosen = res.regimens.set_index("REGIMEN").loc[res.recommendations.at[0, "REGIMEN"]]
+    for col in (
+        "PEAK_KET_LO",
+        "PEAK_KET_HI",
+        "CUM_AUC_KET_LO",
+        "CUM_AUC_KET_HI",
+        "P_PEAK_EXCEEDED_MCSE",
+    ):
+        assert res.recommendations.at[0, col] == chosen[col]
 
 
 def test_regimen_grid_refuses_unsafe_families(world):

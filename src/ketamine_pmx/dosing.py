@@ -44,14 +44,44 @@ a response-posterior draw (the two posteriors are independent; PK-PD is sequenti
 P(response) averages over PK uncertainty, between-subject variability and the uncertainty of
 the response effects. Its interval is over the draws of the patient's response probability.
 
+Every reported exposure (peak, course AUC, the response model's AUC) comes with its median and
+``decision.prob`` interval over the patient's draws. Each probability is a Monte Carlo
+estimate over ``S`` draws and carries its standard error (``*_MCSE``) over ``min(S, ESS)``
+effective draws: ``sd(p_s) / sqrt(n)`` for P(response), and for a limit's exceedance share
+``sqrt(j (1 - j) / n)`` at the Jeffreys estimate ``j = (k + 1/2) / (S + 1)`` of ``k`` draws
+above the limit, so that none of ``S`` reads as the draws' resolution, not as certainty.
+
+**Common random numbers**: every patient is computed from the same population draws (evenly
+spaced posterior draws, or resampled by the seed when fewer) and the same standard-normal
+new-subject effects (scaled by each draw's between-subject distribution), the same
+response-posterior draws, and importance-sampling and NUTS streams that restart from the seed
+for each patient. A patient's plan therefore depends on their own inputs and the seed only:
+not on their row, on the other patients, or on how the file is split into batches; two
+patients with the same inputs get the same plan.
+
 **Decision**: a regimen is acceptable when each limit's exceedance probability is at most its
 tolerated probability and it respects the patient's setting and caps. Among acceptable regimens
-the one with the highest P(response) is best; any within ``decision.margin`` of it counts as
-equally good, and of those the one with the lowest median cumulative ketamine exposure is
-recommended. A patient whose recommended regimen stays below ``decision.min_p_response`` is
-flagged as a likely non-responder, with the factor that lowers the response probability most
-(the most negative contribution to the logit against a typical patient: low predicted
-metabolite exposure, high D-serine, low Mg, CYP2B6 class).
+the one with the highest P(response) is best (the first in the grid's order if several are).
+Another counts as equally good when its P(response) lies below the best's by at most
+``decision.margin`` or by at most ``decision.tie_mcse`` Monte Carlo standard errors of the
+difference, computed over the draws the two share (``sd(p_best,s - p_s) / sqrt(n)``:
+``P_RESPONSE_GAP_SE``), so that simulation noise never decides between near-equal regimens.
+Of the equally good ones the lowest median cumulative ketamine exposure is recommended, then
+the smaller amount, then the first in the grid's order. A patient no regimen is open to (the
+patient's dose or rate cap below every candidate, or no family for the indication and setting)
+or none of whose open regimens is acceptable gets a row saying so (``STATUS``, ``REASON``)
+with no regimen, and the other patients are recommended as usual.
+
+A patient whose best acceptable regimen stays below ``decision.min_p_response`` is flagged as a
+likely non-responder. ``DRIVER`` names the factor that lowers the response logit most against
+a typical patient of the indication (biomarkers at the fitted trial's means, CYP2B6 NM, the
+trial's mean exposure of the indication), read at the best acceptable regimen for a flagged
+patient and at the recommended one otherwise: a factor's contribution is its fitted coefficient
+times the patient's standardised value (mean over draws), it is named only when that lowers
+the logit by at least 0.1, and the patient's value is called high or low from its side of the
+trial's mean, whatever the coefficient's sign. A flagged patient none of whose factors lowers
+it that much is told so, with the best acceptable P(response) and a typical patient's at the
+trial's mean exposure (a low response across the indication).
 
 This is a research tool: its recommendations are model outputs, not medical advice, and the
 safety limits are assumptions for the user to set (``dosing.safety``).
@@ -79,7 +109,7 @@ from .contract import (
     EVID_OBSERVATION,
 )
 from .data import DataValidationError, Problem, read_raw, validate_frame
-from .exposure import SUM_ANALYTES, _auc_conc, individual_parameters
+from .exposure import SUM_ANALYTES, _auc_conc, _etas, individual_parameters
 from .inference import (
     CONC_FLOOR_NG_ML,
     PKData,
@@ -218,6 +248,17 @@ def load_patients(
     data_cfg: dict[str, Any],
     frame: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
+    """The checked patients of a file (:func:`read_patients` without its warnings)."""
+    return read_patients(path, models, cfg, data_cfg, frame)[0]
+
+
+def read_patients(
+    path: str | Path,
+    models: Models,
+    cfg: dict[str, Any],
+    data_cfg: dict[str, Any],
+    frame: pd.DataFrame | None = None,
+) -> tuple[pd.DataFrame, list[Problem]]:
     """Read and check a patients file; every problem is listed with its file line.
 
     Refused: a missing column or value the models need, a number that does not parse or lies
@@ -225,6 +266,10 @@ def load_patients(
     family), an unknown CYP2B6 genotype/class, SETTING other than outpatient/inpatient, a
     duplicated ID, and a cap (MAX_DOSE_MG_KG, MAX_RATE_MG_H) that is not positive or exceeds
     the configured hard maximum. Nothing is computed for a file with any problem.
+
+    Returns the patients (row ``i`` on file line ``i + 2``) and the file's warnings (a value
+    outside a plausible range whose ``action`` is ``warn``, unknown columns), for
+    :meth:`Caveats.from_warnings` to pass on to the user.
     """
     source = str(path)
     raw = read_raw(path) if frame is None else frame.astype(str)
@@ -378,7 +423,7 @@ def load_patients(
         raise DataValidationError(source, problems)
     out["ID"] = ids
     out["INDICATION"] = out["INDICATION"].astype(str)
-    return out.reset_index(drop=True)
+    return out.reset_index(drop=True), problems
 
 
 def load_concentrations(
@@ -581,8 +626,16 @@ class IndividualPosterior:
 def _population_draws(
     models: Models, wt: np.ndarray, cyp: np.ndarray, n: int, rng: np.random.Generator
 ) -> tuple[dict[str, np.ndarray], xr.Dataset]:
+    """Population-predictive PK draws (sample, patient, chain) for covariates ``wt``/``cyp``.
+
+    Common random numbers: every patient shares the same ``n`` population draws and the same
+    new-subject effects (one standard-normal draw per sample, scaled by that sample's
+    between-subject distribution), so a patient's draws depend on their covariates and the
+    generator's seed alone, not on who else is in the call or where."""
     post = _take(models.pk_posterior, n, rng)
-    params = individual_parameters(models.pk_spec, post, wt, cyp, eta="new", rng=rng)
+    one = _etas(models.pk_spec, post, 1, "new", rng)  # (sample, 1, chain) per group
+    eta = {g: np.broadcast_to(v, (v.shape[0], len(wt), v.shape[2])) for g, v in one.items()}
+    params = individual_parameters(models.pk_spec, post, wt, cyp, eta=eta)
     return params, post
 
 
@@ -851,11 +904,12 @@ def individual_posterior(
     concentrations whatever the ESS (for tests and comparisons).
     """
     n = cfg["pk_draws"]
-    root = np.random.SeedSequence(seed)
-    rng_pop, rng_is = (np.random.default_rng(s) for s in root.spawn(2))
+    # Named streams of the seed alone, each restarted for every patient: a patient's draws
+    # depend on their own inputs and the seed, never on their row or the other patients.
+    ss_pop, ss_prop, ss_is, ss_nuts = np.random.SeedSequence(seed).spawn(4)
     wt = patients["WT"].to_numpy(float)
     cyp = patients["CYP2B6_CLASS"].fillna("NM").to_numpy(str)
-    params, _ = _population_draws(models, wt, cyp, n, rng_pop)
+    params, _ = _population_draws(models, wt, cyp, n, np.random.default_rng(ss_pop))
     method = ["population"] * len(patients)
     ess = np.full(len(patients), float(n))
     notes: list[str] = []
@@ -871,15 +925,16 @@ def individual_posterior(
         rows["CYP2B6_CLASS"] = cyp[k]
         data = _patient_pkdata(models, rows)
         prop, prop_post = _population_draws(
-            models, wt[k : k + 1], cyp[k : k + 1], cfg["proposals"], rng_is
+            models, wt[k : k + 1], cyp[k : k + 1], cfg["proposals"], np.random.default_rng(ss_prop)
         )
         target = PatientTarget(models, data, prop, prop_post)
         theta = None
         if force != "nuts":
+            rng_is = np.random.default_rng(ss_is)
             theta, ess[k] = laplace_importance(target, cfg["proposals"], n, rng_is)
             method[k] = "importance"
         if force == "nuts" or (force is None and ess[k] < cfg["min_ess"]):
-            child = int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
+            child = int(ss_nuts.generate_state(1)[0])
             theta, div = nuts_patient(target, n, cfg["nuts"], child)
             method[k] = "nuts"
             if div:
@@ -1071,6 +1126,61 @@ def _baseline_logit(
     return lin, parts
 
 
+def _by_patient(x: np.ndarray) -> np.ndarray:
+    """(sample, patient) draws as contiguous rows (patient, sample): each patient's statistics
+    are then computed the same way (and to the same bits) whoever else is in the array."""
+    return np.ascontiguousarray(np.asarray(x, float).T)
+
+
+def _mcse_share(exceeded: np.ndarray, n_eff: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Share of draws (patient, sample) above a limit and its Monte Carlo standard error over
+    ``n_eff`` effective draws, at the Jeffreys estimate (k + 1/2) / (n + 1) so that 0 of n
+    draws reads as the resolution of the draws, not as a certainty."""
+    k, n = exceeded.sum(axis=1), exceeded.shape[1]
+    share = k / n
+    jeff = (k + 0.5) / (n + 1.0)
+    return share, np.sqrt(jeff * (1.0 - jeff) / n_eff)
+
+
+#: Columns of the per-candidate table (regimens.csv, with "patient" the row of the patient).
+REGIMEN_COLUMNS = (
+    "patient",
+    "ID",
+    "INDICATION",
+    "FAMILY",
+    "REGIMEN",
+    "FORMULATION",
+    "DOSE_MG_KG",
+    "RATE_MG_H",
+    "DURATION_H",
+    "SESSIONS",
+    "INTERVAL_H",
+    "AMOUNT_MG",
+    "TOTAL_MG",
+    "P_RESPONSE",
+    "P_RESPONSE_LO",
+    "P_RESPONSE_HI",
+    "P_RESPONSE_MCSE",
+    "EXPOSURE_MEDIAN",
+    "EXPOSURE_LO",
+    "EXPOSURE_HI",
+    "PEAK_KET_MEDIAN",
+    "PEAK_KET_LO",
+    "PEAK_KET_HI",
+    "CUM_AUC_KET_MEDIAN",
+    "CUM_AUC_KET_LO",
+    "CUM_AUC_KET_HI",
+    "P_PEAK_EXCEEDED",
+    "P_PEAK_EXCEEDED_MCSE",
+    "P_CUM_EXCEEDED",
+    "P_CUM_EXCEEDED_MCSE",
+    "EXPOSURE_LOGIT",
+    "EXPOSURE_Z",
+    "ACCEPTABLE",
+    "P_RESPONSE_GAP_SE",
+)
+
+
 def evaluate_regimens(
     models: Models,
     patients: pd.DataFrame,
@@ -1079,10 +1189,19 @@ def evaluate_regimens(
     cfg: dict[str, Any],
     seed: int,
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """One row per (patient, regimen open to the patient): P(response), exposures, P(limits).
+    """One row per (patient, regimen open to the patient): P(response), exposures with their
+    intervals, P(limits) with their Monte Carlo errors (columns :data:`REGIMEN_COLUMNS`; no
+    row for a patient no regimen is open to).
 
-    Also returns the per-patient logit contributions of the biomarkers and CYP2B6 (mean over
-    draws) for the drivers of the decision.
+    ``P_RESPONSE_GAP_SE`` is the Monte Carlo standard error of the difference between the
+    patient's best acceptable regimen's P(response) and this one's, paired over the draws the
+    two share (NaN when no regimen is acceptable). Monte Carlo errors count
+    ``min(draws, ESS)`` effective draws per patient.
+
+    Also returns per patient (mean over draws) the logit contribution of each biomarker and of
+    CYP2B6 against a typical patient, each biomarker's standardised value (``<COL>_Z``: its
+    sign says high or low against the fit's centre) and ``TYPICAL_P``, the response
+    probability of a typical patient of the indication at the trial's mean exposure.
     """
     spec = models.pk_spec
     n_s = next(iter(post.params.values())).shape[0]
@@ -1097,7 +1216,10 @@ def evaluate_regimens(
     }
     levels = sorted({0} | ({target[0]} if target else set()))
     frames: list[pd.DataFrame] = []
+    p_draws: list[np.ndarray] = []
     wt = patients["WT"].to_numpy(float)
+    n_eff = np.minimum(float(n_s), np.asarray(post.ess, float))
+    ddof = 1 if n_s > 1 else 0
     for ind in sorted(set(patients["INDICATION"])):
         endpoint = models.endpoints[ind]
         regs = [r for r in grid if r.indication == ind]
@@ -1118,6 +1240,8 @@ def evaluate_regimens(
                 open_to = mask[pidx]
                 if not open_to.any():
                     continue
+                keep = np.flatnonzero(open_to)
+                rows = pidx[keep]
                 w = w_form[reg.formulation]
                 amt = reg.amount_mg(wt[pidx])  # (patient,)
                 n = reg.sessions
@@ -1129,6 +1253,7 @@ def evaluate_regimens(
                 lin = base[:, pidx]
                 expo_logit = np.zeros_like(lin)
                 expo = np.full_like(peak, np.nan)
+                x = np.zeros_like(lin)
                 if target is not None:
                     lev, wc = target
                     expo = _course_auc(auc1[lev], idx, w * wc, amt)
@@ -1136,17 +1261,23 @@ def evaluate_regimens(
                     with np.errstate(divide="ignore"):
                         x = (np.log(expo) - rd.exposure_centre[ind]) / rd.exposure_scale
                     # no exposure at all (e.g. arketamine for an S-chain metric): far below
-                    expo_logit = rd.b_exposure[:, [g]] * np.where(np.isfinite(x), x, -50.0)
-                p = expit(lin + expo_logit)
-                pq = np.quantile(p, q, axis=0)
-                eq = np.quantile(expo, q, axis=0)
-                keep = np.flatnonzero(open_to)
+                    x = np.where(np.isfinite(x), x, -50.0)
+                    expo_logit = rd.b_exposure[:, [g]] * x
+                p, peak, cum, expo, expo_logit, x = (
+                    _by_patient(a[:, keep])
+                    for a in (expit(lin + expo_logit), peak, cum, expo, expo_logit, x)
+                )
+                ne = n_eff[rows]
+                p_peak, se_peak = _mcse_share(peak > safety["peak_ketamine_ng_ml"], ne)
+                p_cum, se_cum = _mcse_share(cum > safety["cumulative_auc_ng_h_ml"], ne)
+                pq, eq, kq, cq = (np.quantile(a, q, axis=1) for a in (p, expo, peak, cum))
                 m = keep.size
+                p_draws.append(p)
                 frames.append(
                     pd.DataFrame(
                         {
-                            "patient": pidx[keep],
-                            "ID": patients["ID"].to_numpy()[pidx[keep]],
+                            "patient": rows,
+                            "ID": patients["ID"].to_numpy()[rows],
                             "INDICATION": ind,
                             "FAMILY": reg.family,
                             "REGIMEN": reg.label,
@@ -1162,30 +1293,42 @@ def evaluate_regimens(
                             "INTERVAL_H": reg.interval_h,
                             "AMOUNT_MG": amt[keep],
                             "TOTAL_MG": amt[keep] * n,
-                            "P_RESPONSE": p.mean(axis=0)[keep],
-                            "P_RESPONSE_LO": pq[0, keep],
-                            "P_RESPONSE_HI": pq[2, keep],
-                            "EXPOSURE_MEDIAN": eq[1, keep],
-                            "EXPOSURE_LO": eq[0, keep],
-                            "EXPOSURE_HI": eq[2, keep],
-                            "PEAK_KET_MEDIAN": np.median(peak, axis=0)[keep],
-                            "PEAK_KET_HI": np.quantile(peak, q[2], axis=0)[keep],
-                            "CUM_AUC_KET_MEDIAN": np.median(cum, axis=0)[keep],
-                            "P_PEAK_EXCEEDED": (peak > safety["peak_ketamine_ng_ml"]).mean(0)[keep],
-                            "P_CUM_EXCEEDED": (cum > safety["cumulative_auc_ng_h_ml"]).mean(0)[
-                                keep
-                            ],
-                            "EXPOSURE_LOGIT": expo_logit.mean(axis=0)[keep],
+                            "P_RESPONSE": p.mean(axis=1),
+                            "P_RESPONSE_LO": pq[0],
+                            "P_RESPONSE_HI": pq[2],
+                            "P_RESPONSE_MCSE": p.std(axis=1, ddof=ddof) / np.sqrt(ne),
+                            "EXPOSURE_MEDIAN": eq[1],
+                            "EXPOSURE_LO": eq[0],
+                            "EXPOSURE_HI": eq[2],
+                            "PEAK_KET_MEDIAN": kq[1],
+                            "PEAK_KET_LO": kq[0],
+                            "PEAK_KET_HI": kq[2],
+                            "CUM_AUC_KET_MEDIAN": cq[1],
+                            "CUM_AUC_KET_LO": cq[0],
+                            "CUM_AUC_KET_HI": cq[2],
+                            "P_PEAK_EXCEEDED": p_peak,
+                            "P_PEAK_EXCEEDED_MCSE": se_peak,
+                            "P_CUM_EXCEEDED": p_cum,
+                            "P_CUM_EXCEEDED_MCSE": se_cum,
+                            "EXPOSURE_LOGIT": expo_logit.mean(axis=1),
+                            "EXPOSURE_Z": x.mean(axis=1),
                         }
                     )
                 )
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    if table.empty:
-        raise DosingError("no candidate regimen is open to any patient")
+    contrib = {k: _by_patient(v).mean(axis=1) for k, v in parts.items()}
+    for col in rd.b:
+        contrib[f"{col}_Z"] = (patients[col].to_numpy(float) - rd.centre[col]) / rd.scale[col]
+        contrib[f"{col}_MEAN"] = np.full(len(patients), rd.centre[col])
+    g_all = patients["INDICATION"].map({k: i for i, k in enumerate(rd.indications)}).to_numpy(int)
+    contrib["TYPICAL_P"] = _by_patient(expit(rd.intercept[:, g_all])).mean(axis=1)
+    if not frames:
+        empty = pd.DataFrame({c: pd.Series(dtype=float) for c in REGIMEN_COLUMNS})
+        return empty.astype({"patient": int, "ACCEPTABLE": bool}), contrib
+    table = pd.concat(frames, ignore_index=True)
+    draws = np.vstack(p_draws)  # (row, sample), aligned with the table
     table["ACCEPTABLE"] = (table["P_PEAK_EXCEEDED"] <= safety["peak_tolerated_probability"]) & (
         table["P_CUM_EXCEEDED"] <= safety["cumulative_tolerated_probability"]
     )
-    contrib = {k: v.mean(axis=0) for k, v in parts.items()}
     order = [
         "patient",
         "FAMILY",
@@ -1195,8 +1338,17 @@ def evaluate_regimens(
         "DOSE_MG_KG",
         "RATE_MG_H",
     ]
-    table = table.sort_values(order, kind="stable")
-    return table.reset_index(drop=True), contrib
+    perm = table.sort_values(order, kind="stable").index.to_numpy()
+    table, draws = table.iloc[perm].reset_index(drop=True), draws[perm]
+    # The paired Monte Carlo error of each candidate against the patient's best acceptable
+    # regimen (the first of the highest in the table's order): what the tie rule reads.
+    score = table["P_RESPONSE"].where(table["ACCEPTABLE"], -np.inf)
+    best = table["patient"].map(score.groupby(table["patient"]).idxmax()).to_numpy()
+    gap = draws[best] - draws
+    se = gap.std(axis=1, ddof=ddof) / np.sqrt(n_eff[table["patient"].to_numpy()])
+    has_ok = table.groupby("patient")["ACCEPTABLE"].transform("any").to_numpy()
+    table["P_RESPONSE_GAP_SE"] = np.where(has_ok, se, np.nan)
+    return table[list(REGIMEN_COLUMNS)], contrib
 
 
 def _course_auc(unit: np.ndarray, idx: np.ndarray, w: np.ndarray, amt: np.ndarray) -> np.ndarray:
@@ -1222,6 +1374,7 @@ RECOMMENDATION_COLUMNS = (
     "SETTING",
     "METHOD",
     "ESS",
+    "STATUS",
     "RECOMMENDED",
     "FAMILY",
     "REGIMEN",
@@ -1236,39 +1389,103 @@ RECOMMENDATION_COLUMNS = (
     "P_RESPONSE",
     "P_RESPONSE_LO",
     "P_RESPONSE_HI",
+    "P_RESPONSE_MCSE",
     "EXPOSURE_MEDIAN",
+    "EXPOSURE_LO",
+    "EXPOSURE_HI",
     "PEAK_KET_MEDIAN",
+    "PEAK_KET_LO",
+    "PEAK_KET_HI",
     "CUM_AUC_KET_MEDIAN",
+    "CUM_AUC_KET_LO",
+    "CUM_AUC_KET_HI",
     "P_PEAK_EXCEEDED",
+    "P_PEAK_EXCEEDED_MCSE",
     "P_CUM_EXCEEDED",
+    "P_CUM_EXCEEDED_MCSE",
     "N_CANDIDATES",
     "N_ACCEPTABLE",
+    "N_TIED",
     "BEST_P_RESPONSE_ANY",
     "LIKELY_NON_RESPONDER",
     "DRIVER",
     "REASON",
 )
+#: STATUS of a patient's row.
+STATUS_RECOMMENDED = "recommended"
+STATUS_CAPS = "no regimen within the patient's caps"
+STATUS_SETTING = "no regimen for the patient's indication and setting"
+STATUS_SAFETY = "no regimen within the safety limits"
+#: A factor is named as a driver when it lowers the response logit by at least this much
+#: (mean over the draws) against a typical patient of the indication.
+DRIVER_MIN_LOGIT = 0.1
+#: Covariates the response models use: what the driver calls them, and their unit.
+_FACTOR_NAMES = {"DSER": ("D-serine", "uM"), "MG": ("Mg", "mmol/L")}
+_NO_DRIVER = "none (typical patient for the indication)"
 
 
 def _driver(
-    patient: pd.Series, contrib: dict[str, float], expo_logit: float, metric: str
+    patient: pd.Series,
+    contrib: dict[str, float],
+    expo_logit: float,
+    metric: str,
+    expo_z: float = -1.0,
 ) -> tuple[str, float]:
-    """The factor that lowers the response logit most (against a typical patient)."""
-    cands = {"exposure": expo_logit, **contrib}
-    name, value = min(cands.items(), key=lambda kv: kv[1])
-    if value > -0.1:
-        return "none (typical patient for the indication)", value
+    """The factor that lowers the response logit most against a typical patient of the
+    indication (biomarkers at the fitted trial's means, CYP2B6 NM, the trial's mean exposure),
+    or ``("", 0)`` when none lowers it by :data:`DRIVER_MIN_LOGIT`.
+
+    A factor's contribution is its fitted coefficient times the patient's standardised value
+    (mean over draws), so it is negative only when the fitted sign and the patient's side of
+    the mean together lower the response; the text calls the value high or low from that side
+    (``<COL>_Z`` in ``contrib``; ``expo_z`` for the exposure), never from the coefficient."""
+    factors = {
+        k: v for k, v in contrib.items() if not k.endswith(("_Z", "_MEAN")) and k != "TYPICAL_P"
+    }
+    name, value = min({"exposure": expo_logit, **factors}.items(), key=lambda kv: kv[1])
+    if value > -DRIVER_MIN_LOGIT:
+        return "", value
     if name == "exposure":
+        side = "low" if expo_z < 0 else "high"
         cls = patient.get("CYP2B6_CLASS")
-        why = f"; CYP2B6 {cls} metaboliser" if cls in ("IM", "PM") else ""
-        return f"low predicted {metric.removeprefix('AUC_')} exposure{why}", value
-    if name == "DSER":
-        return f"high D-serine ({patient['DSER']:.3g} uM)", value
-    if name == "MG":
-        return f"low Mg ({patient['MG']:.3g} mmol/L)", value
+        why = f"; CYP2B6 {cls} metaboliser" if side == "low" and cls in ("IM", "PM") else ""
+        return f"{side} predicted {metric.removeprefix('AUC_')} exposure{why}", value
     if name == "CYP2B6":
         return f"CYP2B6 {patient['CYP2B6_CLASS']} class", value
-    return f"{name}", value
+    label, unit = _FACTOR_NAMES.get(name, (name, ""))
+    side = "high" if contrib.get(f"{name}_Z", 0.0) > 0 else "low"
+    text = f"{side} {label} ({patient[name]:.3g}{' ' + unit if unit else ''}"
+    mean = contrib.get(f"{name}_MEAN")
+    text += f", trial mean {mean:.3g})" if mean is not None else ")"
+    return text, value
+
+
+def _closed(pat: pd.Series, grid: list[Regimen] | None) -> tuple[str, str]:
+    """STATUS and REASON of a patient no candidate regimen is open to."""
+    one = pd.DataFrame([pat])
+    caps = {
+        c: float(pat[c])
+        for c in ("MAX_DOSE_MG_KG", "MAX_RATE_MG_H")
+        if c in pat.index and pd.notna(pat[c])
+    }
+    fits = [r for r in grid or [] if open_mask(r, one.drop(columns=list(caps)))[0]]
+    if grid is not None and not fits:
+        return STATUS_SETTING, (
+            f"no candidate regimen family covers {pat['INDICATION']} in the "
+            f"{pat['SETTING']} setting (dosing.regimens)"
+        )
+    if not caps:
+        return STATUS_SETTING, "no candidate regimen is open to this patient"
+    smallest = []
+    if fits and "MAX_DOSE_MG_KG" in caps:
+        doses = [r.dose_mg_kg for r in fits if r.dose_mg_kg is not None]
+        smallest += [f"smallest candidate dose {min(doses):g} mg/kg"] if doses else []
+    if fits and "MAX_RATE_MG_H" in caps:
+        rates = [r.rate_mg_h for r in fits if r.rate_mg_h is not None]
+        smallest += [f"smallest candidate rate {min(rates):g} mg/h"] if rates else []
+    given = ", ".join(f"{k} {v:g}" for k, v in caps.items())
+    more = f"; {', '.join(smallest)}" if smallest else ""
+    return STATUS_CAPS, f"every candidate regimen lies above the patient's caps ({given}{more})"
 
 
 def decide(
@@ -1278,12 +1495,19 @@ def decide(
     post: IndividualPosterior,
     cfg: dict[str, Any],
     metric: str,
+    grid: list[Regimen] | None = None,
 ) -> pd.DataFrame:
-    """The recommended regimen of every patient, with why (see the module docstring)."""
-    dec = cfg["decision"]
+    """The recommended regimen of every patient, with why (see the module docstring).
+
+    Every patient gets a row; one without a recommendation says why in ``STATUS`` and
+    ``REASON`` (caps, setting or safety limits) with the regimen and probabilities empty.
+    ``grid`` (the candidate regimens) lets the reason tell caps from an uncovered setting.
+    """
+    dec, safety = cfg["decision"], cfg["safety"]
+    k_se = dec["tie_mcse"]
     out = []
     by_patient = dict(tuple(table.groupby("patient", sort=False)))
-    for i, pat in patients.iterrows():
+    for i, (_, pat) in enumerate(patients.iterrows()):
         rows = by_patient.get(i)
         base = {
             "ID": pat["ID"],
@@ -1291,48 +1515,63 @@ def decide(
             "SETTING": pat["SETTING"],
             "METHOD": post.method[i],
             "ESS": round(float(post.ess[i]), 1),
+            "RECOMMENDED": False,
+            "LIKELY_NON_RESPONDER": False,
+            "DRIVER": "",
         }
         if rows is None:
+            status, reason = _closed(pat, grid)
             out.append(
-                {
-                    **base,
-                    "RECOMMENDED": False,
-                    "N_CANDIDATES": 0,
-                    "N_ACCEPTABLE": 0,
-                    "REASON": "no candidate regimen is open to this patient (setting or caps)",
-                }
+                {**base, "STATUS": status, "N_CANDIDATES": 0, "N_ACCEPTABLE": 0, "REASON": reason}
             )
             continue
         ok = rows[rows["ACCEPTABLE"]]
         best_any = float(rows["P_RESPONSE"].max())
         c = {k: float(v[i]) for k, v in contrib.items()}
         if ok.empty:
-            top = rows.sort_values("P_PEAK_EXCEEDED").iloc[0]
-            driver, _ = _driver(pat, c, float(top["EXPOSURE_LOGIT"]), metric)
             out.append(
                 {
                     **base,
-                    "RECOMMENDED": False,
+                    "STATUS": STATUS_SAFETY,
                     "N_CANDIDATES": len(rows),
                     "N_ACCEPTABLE": 0,
                     "BEST_P_RESPONSE_ANY": best_any,
-                    "LIKELY_NON_RESPONDER": True,
-                    "DRIVER": driver,
-                    "REASON": "no candidate regimen stays within the safety limits",
+                    "REASON": (
+                        f"each of the {len(rows)} candidate regimens exceeds a safety limit "
+                        "with more than its tolerated probability (lowest P(peak > "
+                        f"{safety['peak_ketamine_ng_ml']:g} ng/mL) "
+                        f"{rows['P_PEAK_EXCEEDED'].min():.2f}, tolerated "
+                        f"{safety['peak_tolerated_probability']:g}; lowest P(cumulative AUC > "
+                        f"{safety['cumulative_auc_ng_h_ml']:g} ng h/mL) "
+                        f"{rows['P_CUM_EXCEEDED'].min():.2f}, tolerated "
+                        f"{safety['cumulative_tolerated_probability']:g})"
+                    ),
                 }
             )
             continue
         best = float(ok["P_RESPONSE"].max())
-        near = ok[ok["P_RESPONSE"] >= best - dec["margin"]]
-        chosen = near.sort_values(
-            ["CUM_AUC_KET_MEDIAN", "TOTAL_MG", "P_RESPONSE"], ascending=[True, True, False]
-        ).iloc[0]
-        flag = bool(chosen["P_RESPONSE"] < dec["min_p_response"])
-        driver, _ = _driver(pat, c, float(chosen["EXPOSURE_LOGIT"]), metric)
+        # Equally good: within the margin of the best, or within k_se Monte Carlo standard
+        # errors of the paired difference; then the lowest cumulative exposure, the smaller
+        # amount, and the table's (grid) order.
+        tol = np.maximum(dec["margin"], k_se * ok["P_RESPONSE_GAP_SE"].fillna(0.0))
+        tied = ok[best - ok["P_RESPONSE"] <= tol]
+        chosen = tied.sort_values(["CUM_AUC_KET_MEDIAN", "TOTAL_MG"], kind="stable").iloc[0]
+        flag = best < dec["min_p_response"]
+        # a flagged patient's reason is read at the best acceptable regimen (a cheaper tied
+        # one would blame its lower exposure for what no acceptable dose overcomes)
+        at = ok.loc[ok["P_RESPONSE"].idxmax()] if flag else chosen
+        driver, _ = _driver(pat, c, float(at["EXPOSURE_LOGIT"]), metric, float(at["EXPOSURE_Z"]))
+        if flag and not driver:
+            driver = (
+                f"no single factor lowers it by {DRIVER_MIN_LOGIT:g} on the logit scale: "
+                f"response is unlikely at every acceptable regimen (best {best:.2f}; a "
+                f"typical {pat['INDICATION']} patient {c.get('TYPICAL_P', np.nan):.2f} at the "
+                "trial's mean exposure)"
+            )
         reason = (
-            f"highest P(response) within the safety limits (best {best:.2f}); "
-            f"lowest cumulative exposure among {len(near)} regimen(s) within "
-            f"{dec['margin']:.2f} of it"
+            f"highest P(response) within the safety limits (best {best:.2f}); lowest "
+            f"cumulative exposure among {len(tied)} regimen(s) as good as it (within "
+            f"{dec['margin']:.2f} or {k_se:g} Monte Carlo SE of the difference)"
         )
         if flag:
             reason += f"; below {dec['min_p_response']:.2f}: likely non-responder"
@@ -1340,20 +1579,19 @@ def decide(
             {
                 **base,
                 **{k: chosen[k] for k in RECOMMENDATION_COLUMNS if k in chosen.index},
+                "STATUS": STATUS_RECOMMENDED,
                 "RECOMMENDED": True,
                 "N_CANDIDATES": len(rows),
                 "N_ACCEPTABLE": len(ok),
+                "N_TIED": len(tied),
                 "BEST_P_RESPONSE_ANY": best_any,
                 "LIKELY_NON_RESPONDER": flag,
-                "DRIVER": driver,
+                "DRIVER": driver or _NO_DRIVER,
                 "REASON": reason,
             }
         )
-    rec = pd.DataFrame(out)
-    for col in RECOMMENDATION_COLUMNS:
-        if col not in rec:
-            rec[col] = np.nan
-    return rec[list(RECOMMENDATION_COLUMNS)]
+    rec = pd.DataFrame(out, columns=list(RECOMMENDATION_COLUMNS))
+    return rec.astype({"RECOMMENDED": bool, "LIKELY_NON_RESPONDER": bool})
 
 
 @dataclass
@@ -1379,26 +1617,170 @@ def recommend(
     if patients.empty:
         return Recommendation(
             pd.DataFrame(columns=list(RECOMMENDATION_COLUMNS)),
-            pd.DataFrame(columns=["ID", "FAMILY", "REGIMEN"]),
+            pd.DataFrame(columns=[c for c in REGIMEN_COLUMNS if c != "patient"]),
             IndividualPosterior({}, [], np.zeros(0)),
             [],
         )
     post = individual_posterior(models, patients, concentrations, cfg, seed, force)
     table, contrib = evaluate_regimens(models, patients, post, grid, cfg, seed + 1)
     metric = models.resp_spec.exposure["metric"] if models.resp_spec.exposure else "AUC_HNK"
-    rec = decide(table, patients, contrib, post, cfg, metric)
+    rec = decide(table, patients, contrib, post, cfg, metric, grid)
     return Recommendation(rec, table.drop(columns="patient"), post, post.notes)
 
 
+# --------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------
+
+#: What :func:`write_recommendation` writes into its folder (replaced as a whole).
+OUTPUT_ENTRIES = ("recommendations.csv", "regimens.csv", "summary.md", "notes.json", "patients")
+#: Without ``figures``, :func:`write_recommendation` draws the per-patient figures of cohorts up
+#: to this many patients: a figure costs about 0.15 s on 2 cores, the rest of a patient's
+#: outputs a few milliseconds (benchmarks/README.md, dose recommendations).
+FIGURES_AUTO_MAX = 100
+#: Gate files of a fit, in the order they are looked for: the workflow's enforced gate check,
+#: then the diagnostics' own gate.
+GATE_FILES = ("gate_check.json", "gate.json")
+
+
+@dataclass
+class Caveats:
+    """What a reader must see beside the numbers: the patients file's warnings (all of them,
+    and by patient) and the reference models that did not pass their diagnostic gate (a
+    failed gate the config let the run go past, or no gate file at all)."""
+
+    warnings: list[str] = field(default_factory=list)
+    patient_warnings: dict[str, list[str]] = field(default_factory=dict)
+    gates: dict[str, list[str]] = field(default_factory=dict)  # model -> failed checks
+
+    @classmethod
+    def from_warnings(
+        cls,
+        problems: list[Problem],
+        patients: pd.DataFrame,
+        source: str | Path,
+        gates: dict[str, list[str]] | None = None,
+    ) -> Caveats:
+        """Caveats of :func:`read_patients`'s warnings (each located by file line) and gates."""
+        by_patient: dict[str, list[str]] = {}
+        for p in problems:
+            for line in p.lines:
+                row = patients.iloc[line - 2]
+                value = row.get(p.column, "")
+                value = f"{value:g}" if isinstance(value, float) else str(value)
+                text = f"{p.message}: {p.column} {value} ({source}, line {line})"
+                by_patient.setdefault(str(row["ID"]), []).append(text)
+        return cls([p.format(str(source)) for p in problems], by_patient, dict(gates or {}))
+
+    def gate_text(self) -> str:
+        """``passed``, or each model with its failed checks."""
+        if not self.gates:
+            return "passed"
+        return " | ".join(f"{m} FAILED: {'; '.join(f)}" for m, f in self.gates.items())
+
+
+def gate_failures(paths: dict[str, str | Path | None]) -> dict[str, list[str]]:
+    """Failed checks by model, from each model's gate file (``gate_failures`` of gate.json or
+    gate_check.json; a path may be a fit's folder, where :data:`GATE_FILES` are looked for). A
+    model whose gate passed has no entry; one without a gate file is reported as unchecked."""
+    import json
+
+    out = {}
+    for model, path in paths.items():
+        path = Path(path) if path is not None else None
+        if path is not None and path.is_dir():
+            path = next((path / f for f in GATE_FILES if (path / f).is_file()), None)
+        if path is None or not path.is_file():
+            out[model] = ["no gate file (gate_check.json or gate.json): diagnostics not checked"]
+            continue
+        try:
+            failures = [str(f) for f in json.loads(path.read_text("utf-8"))["gate_failures"]]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+            raise DosingError(f"{path}: not a gate file of a fit ({exc!r})") from None
+        if failures:
+            out[model] = failures
+    return out
+
+
+def patient_file_names(ids: Any) -> dict[str, str]:
+    """File name (without suffix) of each patient ID, unique and deterministic.
+
+    Characters other than ASCII letters, digits, ``-`` and ``_`` become ``_`` (and the name is
+    cut at 64 characters). When that changed the ID, or two IDs' names are equal ignoring case
+    (they would be one file on a case-insensitive file system), the name gets ``.`` and the
+    first 10 hex digits of the raw ID's SHA-256: ``A/1`` is ``A_1.<hash>``, and ``A_1``, which
+    would collide with it, ``A_1.<hash of A_1>``. The ``.`` never occurs in a plain name, so a
+    suffixed name cannot equal another patient's plain one.
+    """
+    import hashlib
+    import re
+
+    ids = list(dict.fromkeys(map(str, ids)))
+    stem = {i: re.sub(r"[^A-Za-z0-9_-]", "_", i)[:64] for i in ids}
+    folded = pd.Series([s.casefold() for s in stem.values()]).value_counts()
+    return {
+        i: s
+        if s == i and folded[s.casefold()] == 1
+        else f"{s}.{hashlib.sha256(i.encode()).hexdigest()[:10]}"
+        for i, s in stem.items()
+    }
+
+
+def check_output_dir(out: str | Path, inputs: list[str | Path | None]) -> None:
+    """Refuse, before anything is computed, an output folder :func:`write_recommendation`
+    must not replace: one that holds anything but its own outputs (another folder's files,
+    e.g. the patients file's or a run's), one that holds an input, a path below a file, and
+    a place that cannot be written (its nearest existing folder is tried)."""
+    import tempfile
+
+    from .io import check_outputs
+
+    out = Path(out)
+    given = [Path(p) for p in inputs if p is not None]
+    check_outputs([out / name for name in OUTPUT_ENTRIES], given)
+    rule = "the output folder is replaced as a whole; give a new folder or an earlier output"
+    if out.exists() and not out.is_dir():
+        raise DosingError(f"--out {out}: is a file, not a folder ({rule})")
+    resolved = out.resolve()
+    inside = [p for p in given if p.resolve().is_relative_to(resolved)]
+    if inside:
+        raise DosingError(f"--out {out}: holds the input {inside[0]} ({rule})")
+    if out.is_dir():
+        foreign = sorted(e.name for e in out.iterdir() if e.name not in OUTPUT_ENTRIES)
+        if foreign:
+            raise DosingError(
+                f"--out {out}: holds {len(foreign)} file(s) or folder(s) that are not "
+                f"recommendation outputs (e.g. {foreign[0]}) ({rule})"
+            )
+    base = next(p for p in (resolved.parent, *resolved.parent.parents) if p.exists())
+    try:
+        tempfile.TemporaryDirectory(dir=base).cleanup()
+    except OSError as exc:
+        raise DosingError(f"--out {out}: cannot write in {base} ({exc.strerror})") from None
+
+
 def patient_summary(rec: pd.Series, regimens: pd.DataFrame, cfg: dict[str, Any]) -> str:
-    """A short markdown summary of one patient's recommendation."""
+    """A short markdown summary of one patient's recommendation (with the gate status and the
+    patient's warnings when ``rec`` has ``GATE`` and ``WARNINGS``)."""
     s = cfg["safety"]
+    prob = cfg.get("decision", {}).get("prob", 0.9)
     lines = [
         f"# Patient {rec['ID']} ({rec['INDICATION']}, {rec['SETTING']})",
         "",
         f"*{DISCLAIMER}*",
         "",
     ]
+    gate = rec.get("GATE")
+    if isinstance(gate, str) and gate != "passed":
+        lines += [
+            "**Diagnostic gate not passed:** the config let the run go on (`gate.allow_failure`"
+            " or `gate.allow_failure_for`); these numbers rest on a posterior that failed its "
+            "checks:",
+            *[f"- {part}" for part in gate.split(" | ")],
+            "",
+        ]
+    if isinstance(rec.get("WARNINGS"), str):
+        lines += ["**Warnings:**", *[f"- {w}" for w in rec["WARNINGS"].split(" | ")], ""]
     how = {
         "population": "population model and the patient's covariates (no concentrations)",
         "importance": f"patient's measured concentrations (importance resampling, ESS {rec['ESS']:.0f})",
@@ -1406,25 +1788,35 @@ def patient_summary(rec: pd.Series, regimens: pd.DataFrame, cfg: dict[str, Any])
     }[rec["METHOD"]]
     lines.append(f"Individual PK from the {how}.")
     lines.append("")
+
+    def interval(col: str, fmt: str) -> str:
+        lo, hi = rec.get(f"{col}_LO"), rec.get(f"{col}_HI")
+        if lo is None or hi is None or pd.isna(lo) or pd.isna(hi):
+            return ""
+        return f" ({100 * prob:.0f}% interval {lo:{fmt}}-{hi:{fmt}})"
+
     if is_true(rec["RECOMMENDED"]):
         lines += [
             f"**Recommended:** {rec['REGIMEN']} ({rec['TOTAL_MG']:.0f} mg in all).",
             "",
-            f"- P(response) {rec['P_RESPONSE']:.2f} (90% interval {rec['P_RESPONSE_LO']:.2f}-"
-            f"{rec['P_RESPONSE_HI']:.2f})",
-            f"- peak ketamine median {rec['PEAK_KET_MEDIAN']:.0f} ng/mL; P(> "
-            f"{s['peak_ketamine_ng_ml']:g} ng/mL) {rec['P_PEAK_EXCEEDED']:.2f} "
-            f"(tolerated {s['peak_tolerated_probability']:g})",
-            f"- cumulative ketamine AUC median {rec['CUM_AUC_KET_MEDIAN']:.0f} ng h/mL; P(> "
-            f"{s['cumulative_auc_ng_h_ml']:g}) {rec['P_CUM_EXCEEDED']:.2f} "
-            f"(tolerated {s['cumulative_tolerated_probability']:g})",
+            f"- P(response) {rec['P_RESPONSE']:.2f}{interval('P_RESPONSE', '.2f')}",
+            f"- peak ketamine median {rec['PEAK_KET_MEDIAN']:.0f} ng/mL"
+            f"{interval('PEAK_KET', '.0f')}; P(> {s['peak_ketamine_ng_ml']:g} ng/mL) "
+            f"{rec['P_PEAK_EXCEEDED']:.2f} (tolerated {s['peak_tolerated_probability']:g})",
+            f"- cumulative ketamine AUC median {rec['CUM_AUC_KET_MEDIAN']:.0f} ng h/mL"
+            f"{interval('CUM_AUC_KET', '.0f')}; P(> {s['cumulative_auc_ng_h_ml']:g} ng h/mL) "
+            f"{rec['P_CUM_EXCEEDED']:.2f} (tolerated {s['cumulative_tolerated_probability']:g})",
             f"- why: {rec['REASON']}",
         ]
     else:
         lines.append(f"**No regimen recommended:** {rec['REASON']}.")
     if is_true(rec.get("LIKELY_NON_RESPONDER")):
         lines += ["", f"**Likely non-responder.** Main factor: {rec['DRIVER']}."]
-    ok = regimens[regimens["ACCEPTABLE"]] if "ACCEPTABLE" in regimens else regimens.iloc[0:0]
+    ok = (
+        regimens[regimens["ACCEPTABLE"].map(is_true)]
+        if "ACCEPTABLE" in regimens
+        else regimens.iloc[0:0]
+    )
     if len(ok):
         top = ok.sort_values("P_RESPONSE", ascending=False).head(5)
         lines += [
@@ -1437,49 +1829,100 @@ def patient_summary(rec: pd.Series, regimens: pd.DataFrame, cfg: dict[str, Any])
             f"| {r.P_PEAK_EXCEEDED:.2f} | {r.P_CUM_EXCEEDED:.2f} |"
             for r in top.itertuples()
         ]
-    n_ok = int(rec["N_ACCEPTABLE"]) if pd.notna(rec["N_ACCEPTABLE"]) else 0
+
+    def count(col: str) -> int:
+        v = rec.get(col)
+        return 0 if v is None or pd.isna(v) else int(v)
+
     lines += [
         "",
-        f"{n_ok} of {int(rec['N_CANDIDATES'] or 0)} candidate regimens within the safety limits.",
+        f"{count('N_ACCEPTABLE')} of {count('N_CANDIDATES')} candidate regimens within the "
+        "safety limits.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def write_recommendation(result: Recommendation, out_dir: str | Path, cfg: dict[str, Any]) -> None:
-    """Write a recommendation into the directory ``out_dir`` (replaced as a whole, atomically):
-    ``recommendations.csv`` (one row per patient), ``regimens.csv`` (every candidate),
-    ``summary.md`` (all patients) and per patient ``patients/<ID>.png`` (P(response) and
-    P(limits) against dose) and ``patients/<ID>.md``."""
-    from .io import atomic_dir, write_csv, write_figure, write_text
+def _summary(rec: pd.DataFrame, texts: list[str], notes: list[str], caveats: Caveats) -> str:
+    """``summary.md``: the cohort's counts, gate status, warnings and notes, then each patient."""
+    flagged = int(rec["LIKELY_NON_RESPONDER"].map(is_true).sum())
+    if "STATUS" in rec:
+        counts = rec["STATUS"].fillna("no status").value_counts(sort=False)
+        status = "; ".join(f"{n} {s}" for s, n in counts.items())
+    else:
+        status = f"{int(rec['RECOMMENDED'].map(is_true).sum())} with a recommended regimen"
+    head = [
+        "# Dose recommendations",
+        "",
+        f"*{DISCLAIMER}*",
+        "",
+        f"{len(rec)} patient(s): {status}; {flagged} flagged as likely non-responders.",
+        "",
+    ]
+    if caveats.gates:
+        head += [
+            "**Diagnostic gate not passed** by the model(s) below: the config let the run go on "
+            "(`gate.allow_failure` or `gate.allow_failure_for`), so every number here rests on "
+            "a posterior that failed its checks.",
+            "",
+            *[f"- {m}: {'; '.join(f)}" for m, f in caveats.gates.items()],
+            "",
+        ]
+    if caveats.warnings:
+        head += ["## Warnings", "", *[f"- {w}" for w in caveats.warnings], ""]
+    if notes:
+        head += ["## Notes", "", *[f"- {n}" for n in notes], ""]
+    return "\n".join(head) + "\n" + "\n".join(texts)
+
+
+def write_recommendation(
+    result: Recommendation,
+    out_dir: str | Path,
+    cfg: dict[str, Any],
+    caveats: Caveats | None = None,
+    names: dict[str, str] | None = None,
+    figures: bool | None = None,
+) -> pd.DataFrame:
+    """Write a recommendation into the directory ``out_dir`` (replaced as a whole, atomically).
+
+    ``recommendations.csv`` (one row per patient, with the patient's ``WARNINGS``, the models'
+    ``GATE`` status and the patient's ``SUMMARY_FILE`` and ``FIGURE_FILE``), ``regimens.csv``
+    (every candidate), ``summary.md`` (all patients), ``notes.json`` (notes, warnings and gate
+    failures, for :func:`merge_batches`), and per patient ``patients/<name>.md`` and, when
+    ``figures`` (default: at most :data:`FIGURES_AUTO_MAX` patients), ``patients/<name>.png``
+    (P(response) and P(limits) against dose); ``names`` (default :func:`patient_file_names` of
+    these patients) maps each ID to its file name. Returns the recommendations as written.
+    """
+    from .io import atomic_dir, write_csv, write_figure, write_json, write_text
     from .plots import dose_recommendation
 
+    caveats = caveats or Caveats()
+    ids = result.recommendations["ID"].astype(str)
+    names = names or patient_file_names(ids)
+    if figures is None:
+        figures = len(ids) <= FIGURES_AUTO_MAX
+    by_id = dict(tuple(result.regimens.groupby("ID", sort=False)))
+    rec = result.recommendations.assign(
+        WARNINGS=[" | ".join(caveats.patient_warnings.get(i, [])) or np.nan for i in ids],
+        GATE=caveats.gate_text(),
+        SUMMARY_FILE=[f"patients/{names[i]}.md" for i in ids],
+        FIGURE_FILE=[f"patients/{names[i]}.png" if figures and i in by_id else np.nan for i in ids],
+    )
     with atomic_dir(out_dir) as out:
         (out / "patients").mkdir()
-        write_csv(out / "recommendations.csv", result.recommendations, float_format="%.4g")
+        write_csv(out / "recommendations.csv", rec, float_format="%.4g")
         write_csv(out / "regimens.csv", result.regimens, float_format="%.4g")
         texts = []
-        by_id = dict(tuple(result.regimens.groupby("ID", sort=False)))
-        for _, rec in result.recommendations.iterrows():
-            regs = by_id.get(rec["ID"], result.regimens.iloc[0:0])
-            text = patient_summary(rec, regs, cfg)
-            texts.append(text)
-            safe = _file_name(rec["ID"])
-            write_text(out / "patients" / f"{safe}.md", text)
-            if len(regs):
-                fig = dose_recommendation(regs, rec, cfg["safety"])
-                write_figure(out / "patients" / f"{safe}.png", fig)
-        flagged = int(result.recommendations["LIKELY_NON_RESPONDER"].eq(True).sum())
-        head = [
-            "# Dose recommendations",
-            "",
-            f"*{DISCLAIMER}*",
-            "",
-            f"{len(result.recommendations)} patient(s); {flagged} flagged as likely "
-            "non-responders.",
-            "",
-            *[f"- {n}" for n in result.notes],
-        ]
-        write_text(out / "summary.md", "\n".join(head) + "\n\n" + "\n".join(texts))
+        for _, row in rec.iterrows():
+            regs = by_id.get(row["ID"], result.regimens.iloc[0:0])
+            texts.append(patient_summary(row, regs, cfg))
+            write_text(out / row["SUMMARY_FILE"], texts[-1])
+            if isinstance(row["FIGURE_FILE"], str):
+                fig = dose_recommendation(regs, row, cfg["safety"])
+                write_figure(out / row["FIGURE_FILE"], fig, dpi=100)
+        notes = {"notes": result.notes, "warnings": caveats.warnings, "gates": caveats.gates}
+        write_json(out / "notes.json", notes)
+        write_text(out / "summary.md", _summary(rec, texts, result.notes, caveats))
+    return rec
 
 
 def patient_batch(patients: pd.DataFrame, batch: int, n_batches: int) -> pd.DataFrame:
@@ -1492,25 +1935,44 @@ def patient_batch(patients: pd.DataFrame, batch: int, n_batches: int) -> pd.Data
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """A recommendations/regimens CSV as written (IDs as text, "." as missing)."""
-    return pd.read_csv(path, dtype={"ID": str}, na_values=["."])
+    return pd.read_csv(path, dtype={"ID": str}, na_values=["."], keep_default_na=False)
 
 
 def merge_batches(batch_dirs: list[str | Path], out_dir: str | Path) -> pd.DataFrame:
-    """Gather batch outputs of :func:`write_recommendation` into one directory."""
+    """Gather batch outputs of :func:`write_recommendation` into one directory, as one
+    :func:`write_recommendation` of all the patients would have written them: one
+    ``summary.md`` whose counts, gate status, warnings and notes are the cohort's (each
+    warning and note once), then every patient's summary in batch order."""
+    import json
     import shutil
 
-    from .io import atomic_dir, write_csv, write_text
+    from .io import atomic_dir, write_csv, write_json, write_text
 
     out = Path(out_dir)
     recs, regs, texts = [], [], []
+    notes: dict[str, Any] = {"notes": [], "warnings": [], "gates": {}}
     for d in map(Path, batch_dirs):
         recs.append(read_table(d / "recommendations.csv"))
         regs.append(read_table(d / "regimens.csv"))
-        texts.append((d / "summary.md").read_text(encoding="utf-8"))
+        texts += [(d / f).read_text(encoding="utf-8") for f in recs[-1]["SUMMARY_FILE"]]
+        part = json.loads((d / "notes.json").read_text(encoding="utf-8"))
+        notes["notes"] += part["notes"]
+        notes["warnings"] += part["warnings"]
+        notes["gates"].update(part["gates"])
+    notes["notes"] = list(dict.fromkeys(notes["notes"]))
+    notes["warnings"] = list(dict.fromkeys(notes["warnings"]))
     rec = pd.concat(recs, ignore_index=True)
+    files = rec["SUMMARY_FILE"].str.casefold()
+    if files.duplicated().any():
+        raise DosingError(
+            f"patients {sorted(rec.loc[files.duplicated(keep=False), 'ID'])} share a file name "
+            "across batches (the batches must name files from the whole patients file)"
+        )
+    caveats = Caveats(notes["warnings"], {}, notes["gates"])
     write_csv(out / "recommendations.csv", rec, float_format="%.4g")
     write_csv(out / "regimens.csv", pd.concat(regs, ignore_index=True), float_format="%.4g")
-    write_text(out / "summary.md", "\n".join(texts))
+    write_json(out / "notes.json", notes)
+    write_text(out / "summary.md", _summary(rec, texts, notes["notes"], caveats))
     with atomic_dir(out / "patients") as tmp:
         for d in map(Path, batch_dirs):
             for f in sorted((d / "patients").glob("*")):
@@ -1523,11 +1985,6 @@ def is_true(value: Any) -> bool:
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     return str(value).strip().lower() == "true"
-
-
-def _file_name(patient_id: Any) -> str:
-    """A patient ID as a file name (characters other than letters, digits, - and _ become _)."""
-    return "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in str(patient_id))
 
 
 # --------------------------------------------------------------------------------------
@@ -1669,7 +2126,7 @@ def virtual_trial(
                     "INDICATION": subj["INDICATION"],
                     "CYP2B6_CLASS": subj["CYP2B6_CLASS"],
                     "STRATEGY": "guided",
-                    "REGIMEN": "not treated (no acceptable regimen)",
+                    "REGIMEN": f"not treated ({r['STATUS']})",
                     "AUC_HNK": 0.0,
                     "PEAK_KET": 0.0,
                     "CUM_AUC_KET": 0.0,
@@ -1678,7 +2135,7 @@ def virtual_trial(
                     "TRUE_PEAK_EXCEEDED": False,
                     "TRUE_CUM_EXCEEDED": False,
                     "PREDICTED_P_RESPONSE": np.nan,
-                    "FLAGGED": True,
+                    "FLAGGED": is_true(r["LIKELY_NON_RESPONDER"]),
                 }
             )
     per_patient = pd.DataFrame(rows)
