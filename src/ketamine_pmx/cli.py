@@ -5,9 +5,11 @@
 ``ketamine-pmx validate DATA.csv [--config FILE] [--out DIR]``
     validate a dataset; exit 0 when it is clean, 1 with every problem listed otherwise;
     with --out, write the clean table and the data summary there.
-``ketamine-pmx recommend --patients FILE --run RESULTS_DIR [--out DIR] [--concentrations FILE]``
+``ketamine-pmx recommend --patients FILE --run RESULTS_DIR [--out DIR] [--concentrations FILE]
+[--figures auto|all|none]``
     individualised dose recommendations for the patients of FILE from a finished run's
-    reference PK and response posteriors (written to DIR, default RESULTS_DIR/dosing/cli).
+    reference PK and response posteriors (written to DIR, default RESULTS_DIR/dosing/cli),
+    with the file's warnings and the models' diagnostic gate status (from the run's gate files).
 
 Exit codes: 0 success, 1 invalid data, 2 invalid usage or configuration.
 """
@@ -52,55 +54,105 @@ def _parser() -> argparse.ArgumentParser:
         "--concentrations", type=Path, default=None, help="measured concentrations (NONMEM rows)"
     )
     rec.add_argument("--config", type=Path, default=None, help="run config (YAML)")
+    rec.add_argument(
+        "--figures",
+        choices=("auto", "all", "none"),
+        default="auto",
+        help="per-patient figures: all, none, or auto (cohorts of at most 100 patients)",
+    )
     return parser
 
 
 def _recommend(args: argparse.Namespace) -> int:
     from .dosing import (
+        Caveats,
         DosingError,
+        check_output_dir,
+        gate_failures,
         load_concentrations,
         load_models,
-        load_patients,
+        patient_file_names,
+        read_patients,
         recommend,
         regimen_grid,
         write_recommendation,
     )
     from .inference import FitError
+    from .io import OutputError
     from .response import ResponseSpecError
     from .specs import SpecError
 
+    out = args.out if args.out is not None else args.run / "dosing" / "cli"
     try:
         config = load_config(args.config)
         regimen_grid(config["dosing"])
         models_dir = Path(config["models"]["dir"])
         pk_name, resp_name = config["models"]["pk"][0], config["models"]["response"][0]
+        fits = {pk_name: args.run / "pk" / pk_name, resp_name: args.run / "response" / resp_name}
         paths = [
             models_dir / f"{pk_name}.yaml",
-            args.run / "pk" / pk_name / "posterior.nc",
+            fits[pk_name] / "posterior.nc",
             models_dir / f"{resp_name}.yaml",
-            args.run / "response" / resp_name / "posterior.nc",
+            fits[resp_name] / "posterior.nc",
         ]
         for path in paths:
             if not path.is_file():
                 raise DosingError(f"{path} not found (run the workflow, or give --config)")
-        models = load_models(*paths, config["response"]["endpoints"])
-    except (ConfigError, DosingError, FitError, SpecError, ResponseSpecError, IndexError) as exc:
+        check_output_dir(out, [args.patients, args.concentrations, args.config, *paths])
+        gates = gate_failures(fits)
+        try:
+            models = load_models(*paths, config["response"]["endpoints"])
+        except (OSError, KeyError) as exc:
+            raise DosingError(f"{paths[1]} or {paths[3]}: cannot be read ({exc!r})") from None
+    except (
+        ConfigError,
+        DosingError,
+        FitError,
+        OutputError,
+        SpecError,
+        ResponseSpecError,
+        IndexError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        patients = load_patients(args.patients, models, config["dosing"], config["data"])
+        patients, warnings = read_patients(args.patients, models, config["dosing"], config["data"])
         conc = None
         if args.concentrations is not None:
             conc = load_concentrations(args.concentrations, patients, config["data"])
     except DataValidationError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_INVALID_DATA
-    result = recommend(models, patients, config["dosing"], config["seeds"]["dosing"], conc)
-    out = args.out if args.out is not None else args.run / "dosing" / "cli"
-    write_recommendation(result, out, config["dosing"])
+    caveats = Caveats.from_warnings(warnings, patients, args.patients, gates)
+    for text in caveats.warnings:
+        print(f"warning: {text}", file=sys.stderr)
+    for model, failures in gates.items():
+        print(
+            f"warning: {model} did not pass the diagnostic gate: {'; '.join(failures)}",
+            file=sys.stderr,
+        )
+    try:
+        result = recommend(models, patients, config["dosing"], config["seeds"]["dosing"], conc)
+    except DosingError as exc:
+        print(f"error: {args.patients}: {exc}", file=sys.stderr)
+        return EXIT_INVALID_DATA
+    figures = {"auto": None, "all": True, "none": False}[args.figures]
+    names = patient_file_names(patients["ID"])
+    try:
+        rec = write_recommendation(result, out, config["dosing"], caveats, names, figures)
+    except OSError as exc:
+        print(f"error: --out {out}: cannot write the outputs ({exc})", file=sys.stderr)
+        return EXIT_USAGE
     cols = ["ID", "INDICATION", "METHOD", "REGIMEN", "P_RESPONSE", "LIKELY_NON_RESPONDER"]
-    print(result.recommendations[cols].to_string(index=False))
-    print(f"wrote {out} (research output, not medical advice)")
+    cols += [c for c in ("STATUS",) if c in rec]
+    print(rec[cols].to_string(index=False))
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    drawn = int(rec["FIGURE_FILE"].notna().sum())
+    print(
+        f"wrote {out}: {len(rec)} patient(s), {drawn} figure(s) "
+        "(research output, not medical advice)"
+    )
     return EXIT_OK
 
 
@@ -122,9 +174,17 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from .io import OutputError, check_outputs
+
+    outputs = (
+        [args.out / name for name in ("clean.csv", "summary.json", "summary.md")]
+        if args.out is not None
+        else []
+    )
     try:
         config = load_config(args.config)
-    except ConfigError as exc:
+        check_outputs(outputs, [args.data, args.config])
+    except (ConfigError, OutputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -135,9 +195,11 @@ def _validate(args: argparse.Namespace) -> int:
     for warning in validated.warnings:
         print("warning: " + warning.format(validated.source), file=sys.stderr)
     if args.out is not None:
-        summary = write_outputs(
-            validated, args.out / "clean.csv", args.out / "summary.json", args.out / "summary.md"
-        )
+        try:
+            summary = write_outputs(validated, *outputs)
+        except OSError as exc:
+            print(f"error: {args.out}: cannot write the outputs: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     else:
         summary = summarise(validated)
     print(

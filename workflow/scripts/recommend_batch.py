@@ -1,14 +1,19 @@
-"""Glue: rule recommend_batch -> dose recommendations for one batch of the patients file."""
+"""Glue: rule recommend_batch -> dose recommendations for one batch of the patients file, with
+the file's warnings (also in the log) and the reference models' gate status. File names and
+whether figures are drawn are decided on the whole file, so the batches gather without clashes."""
 
 import sys
 
-import numpy as np
-
+from ketamine_pmx.data import DataValidationError
 from ketamine_pmx.dosing import (
+    FIGURES_AUTO_MAX,
+    Caveats,
+    gate_failures,
     load_concentrations,
     load_models,
-    load_patients,
     patient_batch,
+    patient_file_names,
+    read_patients,
     recommend,
     write_recommendation,
 )
@@ -23,17 +28,42 @@ models = load_models(
     snakemake.input.response,
     cfg["response"]["endpoints"],
 )
-patients = load_patients(snakemake.input.patients, models, cfg["dosing"], cfg["data"])
-conc = None
-if snakemake.input.concentrations:
-    conc = load_concentrations(snakemake.input.concentrations, patients, cfg["data"])
+try:
+    patients, warnings = read_patients(snakemake.input.patients, models, cfg["dosing"], cfg["data"])
+    conc = None
+    if snakemake.input.concentrations:
+        conc = load_concentrations(snakemake.input.concentrations, patients, cfg["data"])
+except DataValidationError as exc:  # the message names the file, line, column and rule
+    print(exc, file=sys.stderr)
+    print(exc, file=sys.__stderr__)
+    sys.exit(1)
+gates = gate_failures(
+    {
+        models.pk_spec.name: snakemake.input.pk_gate,
+        models.resp_spec.name: snakemake.input.response_gate,
+    }
+)
+caveats = Caveats.from_warnings(warnings, patients, snakemake.input.patients, gates)
+for text in caveats.warnings:
+    print(f"warning: {text}", file=sys.stderr)
+for model, failures in gates.items():
+    print(
+        f"warning: {model} did not pass the diagnostic gate: {'; '.join(failures)}", file=sys.stderr
+    )
 batch = int(snakemake.wildcards.batch)
 sub = patient_batch(patients, batch, cfg["dosing"]["batches"])
 if conc is not None:
     conc = conc[conc["ID"].astype(str).isin(set(sub["ID"]))]
-seed = int(np.random.SeedSequence([cfg["seeds"]["dosing"], batch]).generate_state(1)[0])
-result = recommend(models, sub, cfg["dosing"], seed, conc)
-write_recommendation(result, snakemake.output[0], cfg["dosing"])
+# One seed for every batch (as the CLI): a patient's plan must not depend on the batch split.
+result = recommend(models, sub, cfg["dosing"], cfg["seeds"]["dosing"], conc)
+write_recommendation(
+    result,
+    snakemake.output[0],
+    cfg["dosing"],
+    caveats,
+    names=patient_file_names(patients["ID"]),
+    figures=len(patients) <= FIGURES_AUTO_MAX,
+)
 print(result.recommendations.to_string(), file=sys.stderr)
 for note in result.notes:
     print(note, file=sys.stderr)
