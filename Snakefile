@@ -17,6 +17,7 @@ include: "workflow/rules/pk.smk"
 include: "workflow/rules/response.smk"
 include: "workflow/rules/checks.smk"
 include: "workflow/rules/dosing.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

@@ -87,3 +87,20 @@ def test_npd_of_data_from_the_model_are_standard_normal():
     gof = gof_table(FakeData(obs), reps, seed=3)
     s = gof_summary(gof).iloc[0]
     assert abs(s["npd_mean"]) < 0.25 and 0.75 < s["npd_sd"] < 1.25
+
+
+def test_a_small_arm_in_one_bin_has_its_interval_and_time_range():
+    """Two patients (a small arm) at six planned times: twelve records, fewer than 2 x min_obs,
+    form one bin, which still has the replicates' interval and the first and last sampling
+    times the VPC draws its band over (a band at one time point would have no width)."""
+    rng = np.random.default_rng(4)
+    obs, typical = design(n_subj=2)
+    obs = obs.assign(DV=draws(typical, 1, rng)[0], BLQ=0, LLOQ=0.01)
+    sims = draws(typical, 100, rng)
+    reps = Replicates(sims, np.zeros_like(sims, bool), typical, typical)
+    table = vpc_table(FakeData(obs), reps, pd.Series("CRPS_IN", index=[1, 2]), False, 0.2, 8)
+    assert table["bin"].nunique() == 1 and (table["n_obs"] == 12).all()
+    assert (table["sim_lo"] > 0).all() and (table["sim_lo"] < table["sim_hi"]).all()
+    assert np.allclose(table["time_lo"], obs["TIME"].min())
+    assert np.allclose(table["time_hi"], obs["TIME"].max())
+    assert (table["time_lo"] < table["time_h"]).all() and (table["time_h"] < table["time_hi"]).all()

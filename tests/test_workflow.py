@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import time
+from html import escape as html_escape
 
 import pandas as pd
 import pytest
@@ -65,20 +66,31 @@ def test_smoke_run_fits_every_pk_model_and_gates_it(smoke_run):
         assert {"gate_passed", "gate_failures", "divergences", "e_bfmi_min"} <= set(gate)
         log = (smoke_run / "logs" / "diagnose_pk" / f"{model}.log").read_text()
         assert "diagnostic gate" in log
+        # the gate enforced on those files: passed, or failed and let through by the config
+        check = json.loads((folder / "gate_check.json").read_text())
+        assert check["gate_passed"] == gate["gate_passed"]
+        assert check["allowed_past_failed_gate"] == (not gate["gate_passed"])
 
 
-def test_a_failing_gate_stops_the_run(smoke_run, tmp_path):
-    """Smoke-sized chains cannot reach ESS 400: with the gate enforced the run must stop."""
+def test_a_failing_gate_stops_the_run_and_keeps_its_diagnostics(smoke_run, tmp_path):
+    """An ESS no fit reaches, with the gate enforced: the run stops, and the diagnostics and
+    gate.json the message points to are kept (only the gate check is not written)."""
     work = tmp_path / "work"
     shutil.copytree(smoke_run.parents[1], work, symlinks=True)
     extra = tmp_path / "strict.yaml"
-    extra.write_text(yaml.safe_dump({"gate": {"allow_failure": False}}))
-    posterior = work / "results" / "smoke" / "pk" / "pk_2cmt_metab" / "posterior.nc"
-    before = posterior.stat().st_mtime_ns
-    proc = _snakemake(work, "--forcerun", "diagnose_pk", configfiles=("config/smoke.yaml", extra))
+    extra.write_text(yaml.safe_dump({"gate": {"allow_failure": False, "ess_min": 10**6}}))
+    folder = work / "results" / "smoke" / "pk" / "pk_2cmt_metab"
+    before = (folder / "posterior.nc").stat().st_mtime_ns
+    proc = _snakemake(work, configfiles=("config/smoke.yaml", extra))
     assert proc.returncode != 0
-    assert "diagnostic gate FAILED" in proc.stderr + proc.stdout
-    assert posterior.stat().st_mtime_ns == before  # only the gate was rerun
+    text = proc.stderr + proc.stdout
+    assert "diagnostic gate FAILED" in text and "ess_bulk" in text
+    assert "pk/pk_2cmt_metab/diagnostics.csv" in text and "pk/pk_2cmt_metab/gate.json" in text
+    gate = json.loads((folder / "gate.json").read_text())  # rewritten with the new threshold
+    assert not gate["gate_passed"] and any("1000000" in f for f in gate["gate_failures"])
+    assert pd.read_csv(folder / "diagnostics.csv")["ess_bulk"].notna().all()
+    assert not (folder / "gate_check.json").exists()
+    assert (folder / "posterior.nc").stat().st_mtime_ns == before  # the fit was not rerun
 
 
 def test_smoke_run_computes_exposures_fits_compares_and_summarises_response(smoke_run):
@@ -330,30 +342,56 @@ def test_a_killed_run_leaves_no_half_written_output_and_resumes(smoke_run, tmp_p
 # The report's sections (rules' report(category=...)): one per stage, numbered in reading order
 # (a later stage adds its own, e.g. "7. Dosing").
 REPORT_SECTIONS = {
-    "1. Data summary": ["data/summary.md", "data/overview.png"],
+    "1. Data summary": ["data/summary.html", "data/overview.png"],
     "2. PK diagnostics and VPCs": [
-        "pk/{pk}/diagnostics.csv",
+        "pk/{pk}/diagnostics.html",
         "checks/pk/{pk}/vpc.png",
         "checks/pk/{pk}/pcvpc.png",
-        "checks/pk/{pk}/vpc_summary.csv",
+        "checks/pk/{pk}/vpc_summary.html",
         "checks/pk/{pk}/gof.png",
+        "checks/pk/{pk}/gof_summary.html",
         "checks/pk/{pk}/eta_covariates.png",
+        "checks/pk/{pk}/eta_covariates.html",
     ],
-    "3. Exposures": ["exposure/exposure_summary.csv", "exposure/exposures.png"],
+    "3. Exposures": ["exposure/exposure_summary.html", "exposure/exposures.png"],
     "4. Model comparison": [
-        "compare/response_responder.csv",
-        "compare/response_pct_change.csv",
-        "compare/pk.csv",
+        "compare/response_responder.html",
+        "compare/response_pct_change.html",
+        "compare/pk.html",
         "compare/response_responder.png",
     ],
-    "5. Biomarker effects": ["effects/biomarker_effects.csv", "effects/forest_responder.png"],
+    "5. Biomarker effects": [
+        "effects/biomarker_effects.html",
+        "effects/recovery.html",
+        "effects/forest_responder.png",
+    ],
     "6. Response checks": [
-        "response/{resp}/diagnostics.csv",
+        "response/{resp}/diagnostics.html",
         "checks/response/{resp}/response_groups.png",
+        "checks/response/{resp}/response_groups.html",
         "checks/response/{resp}/calibration.png",
         "checks/response/{resp}/loo_pit.png",
     ],
+    "7. Dosing": [
+        "dosing/recommendations.html",
+        "dosing/summary.html",
+        "dosing/trial_summary.html",
+        "dosing/trial.png",
+    ],
 }
+
+
+def report_results(html: str) -> dict:
+    """The report's results (path -> name, mime type, data URI, ...) from its embedded data."""
+    start = html.index("var results = {") + len("var results = ")
+    return json.JSONDecoder().raw_decode(html, start)[0]
+
+
+def report_page(results: dict, path: str) -> str:
+    """The decoded content of one report item (a base64 data URI)."""
+    import base64
+
+    return base64.b64decode(results[path]["data_uri"].split("base64,", 1)[1]).decode()
 
 
 def test_report_has_a_section_per_stage(smoke_run, tmp_path):
@@ -379,6 +417,29 @@ def test_report_has_a_section_per_stage(smoke_run, tmp_path):
         for pattern in files:
             for p in {pattern.format(pk=m, resp=r) for m in pk for r in smoke}:
                 assert f"results/smoke/{p}" in listed, (name, p)
+    # Tables are shown as tables: every item is a figure or an HTML page, none a download.
+    results = report_results(html)
+    assert {r["mime_type"] for r in results.values()} <= {"image/png", "text/html"}, {
+        p: r["mime_type"] for p, r in results.items()
+    }
+    recs = report_page(results, "results/smoke/dosing/recommendations.html")
+    ids = pd.read_csv(smoke_run / "dosing" / "recommendations.csv", dtype={"ID": str})["ID"]
+    assert "<table" in recs and all(f"<td>{pid}</td>" in recs for pid in ids)
+    assert "<table" in report_page(results, "results/smoke/data/summary.html")
+    # A model let past a failed gate (smoke.yaml: gate.allow_failure) says so where it is read.
+    for stage, model in [("pk", m) for m in pk] + [("response", r) for r in smoke]:
+        gate = json.loads((smoke_run / stage / model / "gate.json").read_text())
+        page = report_page(results, f"results/smoke/{stage}/{model}/diagnostics.html")
+        assert "<table" in page
+        if gate["gate_passed"]:
+            assert f"Diagnostic gate passed for {model}" in page
+        else:
+            assert f"Diagnostic gate FAILED for {model}" in page
+            assert "the config allows it (gate.allow_failure)" in page
+            assert all(html_escape(f) in page for f in gate["gate_failures"])
+    reference = json.loads((smoke_run / "pk" / pk[0] / "gate.json").read_text())
+    if not reference["gate_passed"]:
+        assert f"Diagnostic gate FAILED for {pk[0]}" in recs
 
 
 def test_smoke_run_recommends_doses_and_runs_the_dosing_trial(smoke_run):

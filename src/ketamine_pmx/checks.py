@@ -11,10 +11,11 @@ Visual predictive check (Bergstrand et al., AAPS J 2011): per stratum (arm, or i
 analyte and time bin, the observed 5th/50th/95th percentiles against the 90 % interval of the
 same percentiles over the replicates. Values below the LLOQ enter the percentiles as censored
 (entered as 0), so a percentile that falls below the LLOQ is reported as "below LLOQ" (0) in
-both the data and the replicates, and the share of BLQ records is compared per bin as well. Time bins follow
-the design: sorted sampling times are split where consecutive times differ by more than
-``gap`` on the log scale (planned times with jitter form one bin each), and bins with fewer
-than ``min_obs`` records are merged into their neighbour. The prediction-corrected VPC
+both the data and the replicates, and the share of BLQ records is compared per bin as well.
+Time bins follow the design: sorted sampling times are split where consecutive times differ by
+more than ``gap`` on the log scale (planned times with jitter form one bin each), and bins with
+fewer than ``min_obs`` records are merged into their neighbour (a small arm's records may form
+one bin; each bin's first and last times are kept to draw it). The prediction-corrected VPC
 multiplies each observed and simulated value by PRED_bin / PRED_i (the bin's median population
 prediction over the record's population prediction; log-normal data), which removes the spread
 that comes from different doses and covariates within a bin. The numeric twin of each plot is
@@ -155,8 +156,9 @@ def vpc_table(
     sims = reps.values
     stratum = obs["ID"].map(strata).fillna("all").astype(str).to_numpy()
     rows = []
+    times = obs["TIME"].to_numpy(float)
     for (s, analyte), idx in obs.groupby([stratum, "ANALYTE"], sort=True).indices.items():
-        bins = time_bins(obs["TIME"].to_numpy(float)[idx], gap, min_obs)
+        bins = time_bins(times[idx], gap, min_obs)
         for b in np.unique(bins):
             sel = idx[bins == b]
             yo, ys, lloq = y[sel], sims[:, sel], lloq_all[sel]
@@ -175,7 +177,9 @@ def vpc_table(
                         "stratum": s,
                         "analyte": analyte,
                         "bin": int(b),
-                        "time_h": float(np.median(obs["TIME"].to_numpy(float)[sel])),
+                        "time_h": float(np.median(times[sel])),
+                        "time_lo": float(times[sel].min()),
+                        "time_hi": float(times[sel].max()),
                         "n_obs": int(sel.size),
                         "percentile": q,
                         "observed": p_obs[k],

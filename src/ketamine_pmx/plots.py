@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from .contract import ANALYTES, CONCENTRATION_ANALYTES, EVID_OBSERVATION, SCORE_ANALYTES
 
@@ -60,7 +62,7 @@ def data_overview(table: pd.DataFrame, max_subjects_per_group: int = 60) -> Figu
             if r == 0:
                 ax.set_title(ANALYTES[analyte].description, fontsize=8)
             if c == 0:
-                ax.set_ylabel(f"{group}\nng/mL", fontsize=8)
+                ax.set_ylabel(f"{group}\nconcentration (ng/mL)", fontsize=8)
         if scores:
             ax = axes[r, n_cols - 1]
             for endpoint in scores:
@@ -76,21 +78,29 @@ def data_overview(table: pd.DataFrame, max_subjects_per_group: int = 60) -> Figu
                         lw=1.5,
                         label=f"median {endpoint}",
                     )
-            ax.set_xlabel("days", fontsize=8)
+            ax.set_xlabel("time (days)", fontsize=8)
+            ax.set_ylabel("score (points)", fontsize=8)
             ax.set_ylim(bottom=0)
             if r == 0:
                 ax.set_title("clinical score", fontsize=8)
             ax.legend(fontsize=6, loc="upper right")
     for ax in axes.flat:
         ax.tick_params(labelsize=7)
-    fig.suptitle("Observed data by group (BLQ open red markers)", fontsize=10)
+    if analytes:
+        handles = [
+            Line2D([], [], color="0.6", lw=0.5, label="one patient"),
+            Line2D([], [], ls="", marker="o", ms=3, color="C0", label="quantified"),
+            Line2D([], [], ls="", marker="o", ms=4, mfc="none", mec="C3", label="BLQ (at LLOQ)"),
+        ]
+        fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=7)
+    fig.suptitle("Observed data by group", fontsize=10)
     return fig
 
 
 def _time_axis(ax, times: pd.Series) -> None:
     t_max = float(times.max()) if len(times) else 1.0
     ax.set_xlim(0, max(t_max * 1.05, 1.0))
-    ax.set_xlabel("hours", fontsize=8)
+    ax.set_xlabel("time (h)", fontsize=8)
     if t_max > 200:
         ax.set_xticks(np.arange(0, t_max + 1, 48 if t_max < 400 else 96))
 
@@ -122,6 +132,7 @@ def effects_forest(effects: pd.DataFrame, outcome: str = "responder") -> Figure:
         for _, r in e.iterrows()
     ]
     ax.set_yticks(y, labels, fontsize=8)
+    ax.set_ylabel("predictor (scope) per clinical unit", fontsize=8)
     if binary:
         ax.set_xscale("log")
         ax.axvline(1.0, color="grey", ls="--", lw=1)
@@ -131,6 +142,12 @@ def effects_forest(effects: pd.DataFrame, outcome: str = "responder") -> Figure:
         ax.set_xlabel("change in % change from baseline (median, 90% interval)")
     model = e["model"].iloc[0] if len(e) else ""
     ax.set_title(f"{model}: effects on {outcome.replace('_', ' ')}", fontsize=10)
+    handles = [
+        Line2D([], [], color=c, lw=2, marker="o", ms=5, label=f"{s}: median, 90% interval")
+        for s, c in colours.items()
+        if s in set(e["scope"])
+    ]
+    ax.legend(handles=handles, fontsize=7, loc="best")
     return fig
 
 
@@ -150,7 +167,8 @@ def loo_comparison(table: pd.DataFrame) -> Figure:
     ax.axvline(best, color="grey", ls="--", lw=1)
     flags = [f"  (k>0.7: {n})" if n else "" for n in t["n_k_over_after_refit"]]
     ax.set_yticks(y, [f"{m}{f}" for m, f in zip(t["model"], flags, strict=True)], fontsize=8)
-    ax.set_xlabel("expected log pointwise predictive density (PSIS-LOO)")
+    ax.set_ylabel("model (patients with Pareto k > 0.7)", fontsize=8)
+    ax.set_xlabel("elpd_loo: expected log predictive density, PSIS-LOO (higher is better)")
     ax.set_title(f"{t['outcome'].iloc[0]}: models ranked by elpd_loo", fontsize=10)
     ax.legend(fontsize=8, loc="lower left")
     return fig
@@ -172,7 +190,14 @@ def exposure_overview(summary: pd.DataFrame, groups: pd.Series, metrics: list[st
         ax.set_xticks(range(len(names)), names, fontsize=8)
         ax.set_yscale("log")
         unit = "ng h/mL" if m.startswith("AUC") else "ng/mL"
-        ax.set_title(f"{m} ({unit})", fontsize=9)
+        ax.set_title(m, fontsize=9)
+        ax.set_ylabel(f"{m} ({unit})", fontsize=8)
+        ax.set_xlabel("group (one patient per line)", fontsize=8)
+    handles = [
+        Line2D([], [], color="0.3", ls="", marker=".", ms=6, label="posterior median"),
+        Line2D([], [], color="0.3", lw=1, label="90% interval"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8)
     return fig
 
 
@@ -208,14 +233,12 @@ def vpc(table: pd.DataFrame, observations: pd.DataFrame | None = None) -> Figure
             for q, shade in ((5.0, 0.15), (50.0, 0.3), (95.0, 0.15)):
                 p = t[t["percentile"] == q].sort_values("time_h")
                 colour = "tab:red" if q == 50.0 else "tab:blue"
-                ax.fill_between(
-                    p["time_h"],
-                    lift(p["sim_lo"]),
-                    lift(p["sim_hi"]),
-                    color=colour,
-                    alpha=shade,
-                    lw=0,
-                )
+                x = p["time_h"].to_numpy(float)
+                lo, hi = lift(p["sim_lo"].to_numpy(float)), lift(p["sim_hi"].to_numpy(float))
+                if len(p) == 1:  # one bin: a band over its time range, not a line of no width
+                    x = _bin_span(p)
+                    lo, hi = np.repeat(lo, 2), np.repeat(hi, 2)
+                ax.fill_between(x, lo, hi, color=colour, alpha=shade, lw=0)
                 ax.plot(p["time_h"], lift(p["observed"]), color="black", lw=1.2 if q == 50 else 0.8,
                         ls="-" if q == 50.0 else "--", marker=".", ms=3)  # fmt: skip
                 miss = p[~p["inside"]]
@@ -229,11 +252,34 @@ def vpc(table: pd.DataFrame, observations: pd.DataFrame | None = None) -> Figure
             ax.tick_params(labelsize=7)
             if c == 0:
                 ax.set_ylabel(
-                    "ng/mL" if table["kind"].iloc[0] == "vpc" else "pred.-corr. ng/mL", fontsize=8
+                    "concentration (ng/mL)"
+                    if table["kind"].iloc[0] == "vpc"
+                    else "pred.-corrected conc. (ng/mL)",
+                    fontsize=8,
                 )
             if r == len(strata) - 1:
                 ax.set_xlabel("time (h)", fontsize=8)
+    handles = [
+        Patch(color="tab:red", alpha=0.3, lw=0, label="simulated median: 90% interval"),
+        Patch(color="tab:blue", alpha=0.15, lw=0, label="simulated 5th/95th pct.: 90% interval"),
+        Line2D([], [], color="black", lw=1.2, marker=".", ms=3, label="observed median"),
+        Line2D([], [], color="black", lw=0.8, ls="--", label="observed 5th/95th percentile"),
+        Line2D([], [], color="tab:red", ls="", marker="x", ms=5, label="observed outside"),
+        Line2D([], [], color="0.4", lw=0.8, ls=":", label="LLOQ"),
+    ]
+    if observations is not None:
+        handles.append(Line2D([], [], color="0.6", ls="", marker=".", ms=4, label="observations"))
+    ncols = min(4, len(analytes))  # as many as fit under the panels
+    fig.legend(handles=handles, loc="outside lower center", ncols=ncols, fontsize=7)
     return fig
+
+
+def _bin_span(p: pd.DataFrame) -> np.ndarray:
+    """The time range of a lone bin (its records' first and last times, at least +-10%)."""
+    t = float(p["time_h"].iloc[0])
+    lo = float(p["time_lo"].iloc[0]) if "time_lo" in p else t
+    hi = float(p["time_hi"].iloc[0]) if "time_hi" in p else t
+    return np.array([min(lo, t / 1.1), max(hi, t * 1.1)])
 
 
 def gof(table: pd.DataFrame) -> Figure:
@@ -250,8 +296,16 @@ def gof(table: pd.DataFrame) -> Figure:
         axes[3].plot(sub["PRED"], sub["NPD"], ".", ms=2, color=colour)
     lo = float(np.nanmin(g[["PRED", "IPRED", "DV"]].to_numpy().clip(1e-3)))
     hi = float(np.nanmax(g[["PRED", "IPRED", "DV"]].to_numpy()))
+    titles = (
+        "observed vs population prediction",
+        "observed vs individual prediction",
+        "NPD vs time",
+        "NPD vs population prediction",
+    )
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_title(title, fontsize=8)
     for ax, name in ((axes[0], "PRED"), (axes[1], "IPRED")):
-        ax.plot([lo, hi], [lo, hi], color="black", lw=0.8)
+        ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, label="identity")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(f"{name} (ng/mL)", fontsize=8)
@@ -261,8 +315,15 @@ def gof(table: pd.DataFrame) -> Figure:
             ax.axhline(level, color="black", lw=0.8, ls=style)
         ax.set_xscale("symlog", linthresh=1.0) if "time" in name else ax.set_xscale("log")
         ax.set_xlabel(name, fontsize=8)
-        ax.set_ylabel("NPD", fontsize=8)
-    axes[0].legend(fontsize=6, markerscale=3)
+        ax.set_ylabel("NPD (standard normal)", fontsize=8)
+    axes[0].legend(fontsize=6, markerscale=3, title="analyte", title_fontsize=6)
+    axes[2].legend(
+        handles=[
+            Line2D([], [], color="black", lw=0.8, label="0"),
+            Line2D([], [], color="black", lw=0.8, ls="--", label="±1.96 (95% of N(0,1))"),
+        ],
+        fontsize=6,
+    )
     return fig
 
 
@@ -278,11 +339,21 @@ def eta_covariates(etas: pd.DataFrame) -> Figure:
         ax.set_xscale("log")
         ax.axhline(0.0, color="black", lw=0.8)
         ax.set_title(f"eta_{effect} [{chain}]", fontsize=8)
-        ax.set_xlabel("WT (kg)", fontsize=8)
+        ax.set_xlabel("body weight (kg)", fontsize=8)
         classes = [k for k in ("NM", "IM", "PM") if k in set(g["CYP2B6_CLASS"])]
         axes[1, c].boxplot([g.loc[g["CYP2B6_CLASS"] == k, "eta_mean"] for k in classes])
         axes[1, c].set_xticks(range(1, len(classes) + 1), classes, fontsize=8)
         axes[1, c].axhline(0.0, color="black", lw=0.8)
+        axes[1, c].set_xlabel("CYP2B6 metaboliser class", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("posterior mean eta (log scale)", fontsize=8)
+    axes[0, 0].legend(
+        handles=[
+            Line2D([], [], color="C0", ls="", marker=".", ms=5, label="one patient"),
+            Line2D([], [], color="black", lw=0.8, label="no effect (eta = 0)"),
+        ],
+        fontsize=6,
+    )
     return fig
 
 
@@ -304,8 +375,21 @@ def response_ppc(groups: pd.DataFrame, outcome: str = "responder") -> Figure:
         ax.set_xticks(x, [f"{v}\n(n={n})" for v, n in zip(sub["group"], sub["n"], strict=True)],
                       fontsize=7)  # fmt: skip
         ax.set_title(grouping, fontsize=8)
+        ax.set_xlabel("group (n patients)", fontsize=7)
         ax.set_xlim(-0.6, len(sub) - 0.4)
-    axes[0].set_ylabel("responder rate" if outcome == "responder" else "mean % change", fontsize=8)
+    axes[0].set_ylabel(
+        "responder rate (fraction)" if outcome == "responder" else "mean change from baseline (%)",
+        fontsize=8,
+    )
+    handles = [
+        Patch(color="tab:blue", alpha=0.35, lw=0, label="predicted 90% interval"),
+        Line2D([], [], color="tab:blue", ls="", marker="_", ms=12, label="predicted median"),
+        Line2D([], [], color="black", ls="", marker="o", ms=4, label="observed"),
+        Line2D([], [], color="tab:red", ls="", marker="o", ms=4, label="observed, outside"),
+    ]
+    fig.legend(
+        handles=handles, loc="outside lower center", ncols=min(4, len(groupings)), fontsize=7
+    )
     return fig
 
 
@@ -313,13 +397,14 @@ def calibration(table: pd.DataFrame) -> Figure:
     """Observed responder rate (90% Jeffreys interval) against mean predicted probability."""
     fig = Figure(figsize=(3.6, 3.4), layout="constrained")
     ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=0.8)
+    ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=0.8, label="perfect calibration")
     ax.errorbar(
         table["predicted"], table["observed"],
         yerr=[(table["observed"] - table["observed_lo"]).clip(lower=0),
               (table["observed_hi"] - table["observed"]).clip(lower=0)],
-        fmt="o", color="black", capsize=3,
+        fmt="o", color="black", capsize=3, label="observed rate, 90% interval",
     )  # fmt: skip
+    ax.legend(fontsize=7, loc="upper left")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("predicted P(response), bin mean", fontsize=8)
@@ -337,11 +422,12 @@ def loo_pit(pit: np.ndarray) -> Figure:
     band = 1.358 / np.sqrt(n)
     fig = Figure(figsize=(3.8, 3.0), layout="constrained")
     ax = fig.subplots()
-    ax.fill_between(grid, -band, band, color="tab:blue", alpha=0.2, lw=0)
-    ax.plot(grid, ecdf - grid, color="black")
+    ax.fill_between(grid, -band, band, color="tab:blue", alpha=0.2, lw=0, label="95% KS band")
+    ax.plot(grid, ecdf - grid, color="black", label="LOO-PIT ECDF - uniform CDF")
     ax.axhline(0, color="0.5", lw=0.8)
-    ax.set_xlabel("PIT", fontsize=8)
-    ax.set_ylabel("ECDF - uniform", fontsize=8)
+    ax.set_xlabel("LOO-PIT value", fontsize=8)
+    ax.set_ylabel("ECDF - uniform CDF", fontsize=8)
+    ax.legend(fontsize=7)
     return fig
 
 
@@ -350,13 +436,37 @@ def dose_recommendation(
 ) -> Figure:
     """One patient: P(response) (90% band) and P(safety limit exceeded) against dose or rate.
 
-    One line per regimen shape (formulation, infusion length, sessions); the x axis is the
-    dose per kg for weight-based families and the infusion rate for fixed-rate ones. The
-    tolerated exceedance probabilities are dashed lines; the recommended regimen is starred.
+    One colour per regimen shape (formulation, infusion length, sessions); the x axis is the
+    dose per kg of each infusion for weight-based families and the infusion rate for fixed-rate
+    ones. Below, P(peak limit exceeded) (solid, triangles) and P(course AUC limit exceeded)
+    (dotted, squares) with the tolerated probabilities as horizontal lines; the recommended
+    regimen is starred. Legends say what each line and marker is. The layout is fixed rather
+    than constrained, which is cheaper: a cohort draws one figure per patient.
     """
     fams = list(dict.fromkeys(regimens["FAMILY"]))
-    fig = Figure(figsize=(4.2 * len(fams), 5.4), layout="constrained")
-    axes = fig.subplots(2, len(fams), squeeze=False, sharex="col")
+    n = len(fams)
+    fig = Figure(figsize=(4.6 * n, 6.0))
+    fig.subplots_adjust(
+        left=0.13 / n, right=1 - 0.03 / n, top=0.9, bottom=0.09, hspace=0.08, wspace=0.25
+    )
+    axes = fig.subplots(2, n, squeeze=False, sharex="col")
+    peak, cum = safety["peak_ketamine_ng_ml"], safety["cumulative_auc_ng_h_ml"]
+    limits = [
+        Line2D([], [], color="0.3", lw=1.2, marker="^", ms=4, label=f"P(peak > {peak:g} ng/mL)"),
+        Line2D(
+            [], [], color="0.3", lw=1.0, ls=":", marker="s", ms=4,
+            label=f"P(course AUC > {cum:g} ng·h/mL)",
+        ),
+        Line2D(
+            [], [], color="C3", ls="--", lw=0.8,
+            label=f"tolerated P(peak) {safety['peak_tolerated_probability']:g}",
+        ),
+        Line2D(
+            [], [], color="C4", ls="-.", lw=0.8,
+            label=f"tolerated P(course AUC) {safety['cumulative_tolerated_probability']:g}",
+        ),
+    ]  # fmt: skip
+    recommended = str(rec.get("RECOMMENDED")).strip().lower() == "true"
     for c, fam in enumerate(fams):
         g = regimens[regimens["FAMILY"] == fam]
         per_kg = g["DOSE_MG_KG"].notna().all()
@@ -364,53 +474,50 @@ def dose_recommendation(
         top, bottom = axes[0, c], axes[1, c]
         for key, s in g.groupby(["FORMULATION", "DURATION_H", "SESSIONS"], sort=True):
             s = s.sort_values(xcol)
-            form, dur, n = key
-            shape = f"{dur * 60:.0f} min" if per_kg else f"{dur:g} h/day"
-            label = f"{form}, {shape}" + (f", x{n}" if n > 1 else "")
+            form, dur, k = key
+            shape = f"{dur * 60:.0f}-min infusion" if per_kg else f"{dur:g} h/day"
+            label = f"{form}, {shape}" + (f", {k} sessions" if k > 1 else "")
             (line,) = top.plot(s[xcol], s["P_RESPONSE"], marker="o", ms=3, lw=1.2, label=label)
+            colour = line.get_color()
             top.fill_between(
-                s[xcol], s["P_RESPONSE_LO"], s["P_RESPONSE_HI"], color=line.get_color(), alpha=0.12
+                s[xcol], s["P_RESPONSE_LO"], s["P_RESPONSE_HI"], color=colour, alpha=0.12
             )
+            bottom.plot(s[xcol], s["P_PEAK_EXCEEDED"], color=colour, lw=1.2, marker="^", ms=3)
             bottom.plot(
-                s[xcol], s["P_PEAK_EXCEEDED"], color=line.get_color(), lw=1.2, marker="^", ms=3
+                s[xcol], s["P_CUM_EXCEEDED"], color=colour, lw=1.0, ls=":", marker="s", ms=3
             )
-            bottom.plot(
-                s[xcol],
-                s["P_CUM_EXCEEDED"],
-                color=line.get_color(),
-                lw=1.0,
-                ls=":",
-                marker="s",
-                ms=3,
-            )
-        recommended = str(rec.get("RECOMMENDED")).strip().lower() == "true"
+        handles = top.get_legend_handles_labels()[0]
         if recommended and rec.get("FAMILY", fam) == fam:
             chosen = g[g["REGIMEN"] == rec["REGIMEN"]]
             if len(chosen):
-                x = chosen[xcol].iloc[0]
-                top.plot([x], [chosen["P_RESPONSE"].iloc[0]], marker="*", ms=16, color="k", ls="")
-                top.annotate(
-                    "recommended",
-                    (x, chosen["P_RESPONSE"].iloc[0]),
-                    xytext=(0, 10),
-                    textcoords="offset points",
-                    ha="center",
-                    fontsize=8,
-                )
+                (star,) = top.plot(
+                    chosen[xcol].iloc[:1], chosen["P_RESPONSE"].iloc[:1], marker="*", ms=14,
+                    color="k", ls="", label="recommended",
+                )  # fmt: skip
+                handles.append(star)
         bottom.axhline(safety["peak_tolerated_probability"], color="C3", ls="--", lw=0.8)
         bottom.axhline(safety["cumulative_tolerated_probability"], color="C4", ls="-.", lw=0.8)
         top.set_ylim(0, 1)
         bottom.set_ylim(-0.02, 1.02)
         top.set_title(fam, fontsize=9)
-        top.set_ylabel("P(response), 90% band")
-        bottom.set_ylabel(
-            f"P(peak > {safety['peak_ketamine_ng_ml']:g} ng/mL) (^)\n"
-            f"P(course AUC > {safety['cumulative_auc_ng_h_ml']:g}) (s)",
-            fontsize=8,
+        top.set_ylabel("P(response) with 90% band", fontsize=9)
+        bottom.set_ylabel("P(safety limit exceeded)", fontsize=9)
+        bottom.set_xlabel(
+            "dose per infusion (mg/kg)" if per_kg else "infusion rate (mg/h)", fontsize=9
         )
-        bottom.set_xlabel("dose (mg/kg)" if per_kg else "infusion rate (mg/h)")
-        top.legend(fontsize=7, loc="lower right")
-    fig.suptitle(title or f"patient {rec['ID']}: {rec.get('REGIMEN', '')}", fontsize=10)
+        top.legend(
+            handles=handles, fontsize=7, loc="lower right", title="regimen", title_fontsize=7
+        )
+        bottom.legend(handles=limits, fontsize=7, loc="upper left")
+        for ax in (top, bottom):
+            ax.tick_params(labelsize=8)
+            ax.grid(alpha=0.25, lw=0.5)
+    if title is None:
+        what = rec.get("REGIMEN") if recommended else rec.get("STATUS", "no regimen recommended")
+        title = (
+            f"Patient {rec['ID']}: {what if isinstance(what, str) else 'no regimen recommended'}"
+        )
+    fig.suptitle(title, fontsize=10)
     return fig
 
 

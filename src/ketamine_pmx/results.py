@@ -7,6 +7,7 @@ default config, ``results/smoke`` for the smoke run). The workflow's rules lay i
     data/clean.csv, summary.json               validate_data
     pk/{model}/posterior.nc                    fit_pk
     pk/{model}/diagnostics.csv, gate.json      diagnose_pk
+    pk/{model}/gate_check.json                 gate_pk (the gate as enforced)
     exposure/exposures.nc, ...                 exposures (reference PK model)
     response/{model}/posterior.nc, ...         fit_response
     compare/response_{outcome}.csv, pk.csv     compare_models
@@ -148,6 +149,11 @@ FILES: dict[str, ResultFile] = {
         "pk/{key}/diagnostics.csv", "R-hat, ESS, mean, SD, quantiles and eta shrinkage"
     ),
     "pk_gate": ResultFile("pk/{key}/gate.json", "diagnostic gate of each PK model", _read_json),
+    "pk_gate_check": ResultFile(
+        "pk/{key}/gate_check.json",
+        "the gate as enforced: passed, or allowed past a failure by which setting (dict)",
+        _read_json,
+    ),
     "vpc": ResultFile("checks/pk/{key}/vpc.csv", "VPC and pcVPC percentiles per time bin"),
     "vpc_summary": ResultFile(
         "checks/pk/{key}/vpc_summary.csv", "share of observed percentiles inside their intervals"
@@ -166,6 +172,11 @@ FILES: dict[str, ResultFile] = {
     ),
     "response_gate": ResultFile(
         "response/{key}/gate.json", "diagnostic gate of each response model", _read_json
+    ),
+    "response_gate_check": ResultFile(
+        "response/{key}/gate_check.json",
+        "the gate as enforced: passed, or allowed past a failure by which setting (dict)",
+        _read_json,
     ),
     "comparison": ResultFile(
         "compare/response_{key}.csv", "PSIS-LOO comparison of the response models per outcome"

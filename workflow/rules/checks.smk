@@ -21,8 +21,9 @@ rule ppc_pk:
             subcategory="{pk_model}",
         ),
         vpc_table=f"{RESULTS}/checks/pk/{{pk_model}}/vpc.csv",
-        vpc_summary=report(
-            f"{RESULTS}/checks/pk/{{pk_model}}/vpc_summary.csv",
+        vpc_summary=f"{RESULTS}/checks/pk/{{pk_model}}/vpc_summary.csv",
+        vpc_summary_page=report(
+            f"{RESULTS}/checks/pk/{{pk_model}}/vpc_summary.html",
             caption="../report/vpc_summary.rst",
             category="2. PK diagnostics and VPCs",
             subcategory="{pk_model}",
@@ -34,8 +35,9 @@ rule ppc_pk:
             subcategory="{pk_model}",
         ),
         gof_table=f"{RESULTS}/checks/pk/{{pk_model}}/gof.csv",
-        gof_summary=report(
-            f"{RESULTS}/checks/pk/{{pk_model}}/gof_summary.csv",
+        gof_summary=f"{RESULTS}/checks/pk/{{pk_model}}/gof_summary.csv",
+        gof_summary_page=report(
+            f"{RESULTS}/checks/pk/{{pk_model}}/gof_summary.html",
             caption="../report/gof_summary.rst",
             category="2. PK diagnostics and VPCs",
             subcategory="{pk_model}",
@@ -46,8 +48,9 @@ rule ppc_pk:
             category="2. PK diagnostics and VPCs",
             subcategory="{pk_model}",
         ),
-        eta_summary=report(
-            f"{RESULTS}/checks/pk/{{pk_model}}/eta_covariates.csv",
+        eta_summary=f"{RESULTS}/checks/pk/{{pk_model}}/eta_covariates.csv",
+        eta_summary_page=report(
+            f"{RESULTS}/checks/pk/{{pk_model}}/eta_covariates.html",
             caption="../report/eta_covariates_table.rst",
             category="2. PK diagnostics and VPCs",
             subcategory="{pk_model}",
@@ -83,8 +86,9 @@ rule ppc_response:
             category="6. Response checks",
             subcategory="{resp_model}",
         ),
-        groups_table=report(
-            f"{RESULTS}/checks/response/{{resp_model}}/response_groups.csv",
+        groups_table=f"{RESULTS}/checks/response/{{resp_model}}/response_groups.csv",
+        groups_page=report(
+            f"{RESULTS}/checks/response/{{resp_model}}/response_groups.html",
             caption="../report/response_groups_table.rst",
             category="6. Response checks",
             subcategory="{resp_model}",

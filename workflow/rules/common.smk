@@ -3,9 +3,17 @@ import os
 
 from snakemake.utils import validate
 
-from ketamine_pmx.config import sampler_settings
+from ketamine_pmx.config import ConfigError, check_results_dir, sampler_settings
 
 validate(config, schema="../schemas/config.schema.yaml")
+try:  # before any job: a results_dir that would write over the project's inputs
+    check_results_dir(
+        config,
+        " + ".join(map(str, workflow.configfiles)) or "config",
+        roots=(workflow.basedir,),
+    )
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
 
 RESULTS = config["results_dir"]
 
@@ -69,12 +77,13 @@ def get_pk_spec(wildcards):
 
 
 def get_pk_outputs():
-    """Posterior, diagnostics and gate of every configured PK model."""
+    """Posterior, diagnostics, gate and enforced gate (with its report page) of every PK model."""
     return expand(
         [
             rules.fit_pk.output.posterior,
             rules.diagnose_pk.output.table,
             rules.diagnose_pk.output.gate,
+            *rules.gate_pk.output,
         ],
         pk_model=config["models"]["pk"],
     )
@@ -109,7 +118,11 @@ def get_response_outputs():
     return [
         rules.exposures.output.summary,
         *expand(
-            [rules.fit_response.output.posterior, rules.fit_response.output.gate],
+            [
+                rules.fit_response.output.posterior,
+                rules.fit_response.output.gate,
+                *rules.gate_response.output,
+            ],
             resp_model=config["models"]["response"],
         ),
         *rules.compare_models.output,
@@ -119,17 +132,17 @@ def get_response_outputs():
 
 
 def get_reference_fits(wildcards=None):
-    """Specs, posteriors and gates of the reference PK and response models."""
+    """Specs, posteriors and enforced gates (gate checks) of the reference PK and response models."""
     ref_resp = config["models"]["response"][0]
     return {
         "pk_spec": repo_path(
             os.path.join(config["models"]["dir"], f"{REFERENCE_PK}.yaml")
         ),
         "pk": f"{RESULTS}/pk/{REFERENCE_PK}/posterior.nc",
-        "pk_gate": f"{RESULTS}/pk/{REFERENCE_PK}/gate.json",
+        "pk_gate": f"{RESULTS}/pk/{REFERENCE_PK}/gate_check.json",
         "response_spec": get_response_spec(ref_resp),
         "response": f"{RESULTS}/response/{ref_resp}/posterior.nc",
-        "response_gate": f"{RESULTS}/response/{ref_resp}/gate.json",
+        "response_gate": f"{RESULTS}/response/{ref_resp}/gate_check.json",
     }
 
 
@@ -142,7 +155,7 @@ def get_dosing_outputs():
     """Recommendations, and the virtual trial on simulated data; nothing without response models."""
     if not config["models"]["response"]:
         return []
-    out = [*rules.recommend_doses.output]
+    out = [*rules.recommend_doses.output, *rules.dosing_pages.output]
     if not config["data"]["path"]:
-        out += [*rules.dosing_trial.output]
+        out += [*rules.dosing_trial.output, *rules.trial_page.output]
     return out

@@ -29,8 +29,9 @@ rule validate_data:
     output:
         clean=f"{RESULTS}/data/clean.csv",
         summary_json=f"{RESULTS}/data/summary.json",
-        summary_md=report(
-            f"{RESULTS}/data/summary.md",
+        summary_md=f"{RESULTS}/data/summary.md",
+        summary_page=report(
+            f"{RESULTS}/data/summary.html",
             caption="../report/data_summary.rst",
             category="1. Data summary",
         ),

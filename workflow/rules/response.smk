@@ -1,18 +1,20 @@
 # Stage 3: exposure -> response. Per-patient exposure draws from the reference PK model, the
 # exposure-biomarker-response models, their PSIS-LOO comparison (and the PK models'), and the
-# headline table of biomarker effects.
+# headline table of biomarker effects. Each response model's gate is enforced as the PK models'
+# (gate_response, on the kept diagnostics.csv and gate.json of fit_response).
 
 
 rule exposures:
     input:
         data=rules.validate_data.output.clean,
         posterior=f"{RESULTS}/pk/{REFERENCE_PK}/posterior.nc",
-        gate=f"{RESULTS}/pk/{REFERENCE_PK}/gate.json",
+        gate=f"{RESULTS}/pk/{REFERENCE_PK}/gate_check.json",
         spec=repo_path(os.path.join(config["models"]["dir"], f"{REFERENCE_PK}.yaml")),
     output:
         draws=f"{RESULTS}/exposure/exposures.nc",
-        summary=report(
-            f"{RESULTS}/exposure/exposure_summary.csv",
+        summary=f"{RESULTS}/exposure/exposure_summary.csv",
+        summary_page=report(
+            f"{RESULTS}/exposure/exposure_summary.html",
             caption="../report/exposure_summary.rst",
             category="3. Exposures",
         ),
@@ -42,12 +44,7 @@ rule fit_response:
         spec=get_response_spec,
     output:
         posterior=f"{RESULTS}/response/{{resp_model}}/posterior.nc",
-        diagnostics=report(
-            f"{RESULTS}/response/{{resp_model}}/diagnostics.csv",
-            caption="../report/response_diagnostics.rst",
-            category="6. Response checks",
-            subcategory="{resp_model}",
-        ),
+        diagnostics=f"{RESULTS}/response/{{resp_model}}/diagnostics.csv",
         gate=f"{RESULTS}/response/{{resp_model}}/gate.json",
     log:
         f"{RESULTS}/logs/fit_response/{{resp_model}}.log",
@@ -58,10 +55,35 @@ rule fit_response:
         mem_mb=rule_resources("fit_response").get("mem_mb", 4000),
         runtime=rule_resources("fit_response").get("runtime", 30),
     params:
-        config=config_for("response", "gate", "seeds.fit_response"),
+        config={**config_for("response", "seeds.fit_response"), "gate": GATE_THRESHOLDS},
         sampler=sampler_settings(config, "response"),
     script:
         "../scripts/fit_response.py"
+
+
+rule gate_response:
+    input:
+        table=rules.fit_response.output.diagnostics,
+        gate=rules.fit_response.output.gate,
+    output:
+        check=f"{RESULTS}/response/{{resp_model}}/gate_check.json",
+        page=report(
+            f"{RESULTS}/response/{{resp_model}}/diagnostics.html",
+            caption="../report/response_diagnostics.rst",
+            category="6. Response checks",
+            subcategory="{resp_model}",
+        ),
+    log:
+        f"{RESULTS}/logs/gate_response/{{resp_model}}.log",
+    localrule: True
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    params:
+        gate=config["gate"],
+    script:
+        "../scripts/enforce_gate.py"
 
 
 rule compare_models:
@@ -77,18 +99,21 @@ rule compare_models:
             f"{RESULTS}/pk/{{pk_model}}/posterior.nc", pk_model=config["models"]["pk"]
         ),
     output:
-        responder=report(
-            f"{RESULTS}/compare/response_responder.csv",
+        responder=f"{RESULTS}/compare/response_responder.csv",
+        responder_page=report(
+            f"{RESULTS}/compare/response_responder.html",
             caption="../report/compare_table.rst",
             category="4. Model comparison",
         ),
-        pct_change=report(
-            f"{RESULTS}/compare/response_pct_change.csv",
+        pct_change=f"{RESULTS}/compare/response_pct_change.csv",
+        pct_change_page=report(
+            f"{RESULTS}/compare/response_pct_change.html",
             caption="../report/compare_table.rst",
             category="4. Model comparison",
         ),
-        pk=report(
-            f"{RESULTS}/compare/pk.csv",
+        pk=f"{RESULTS}/compare/pk.csv",
+        pk_page=report(
+            f"{RESULTS}/compare/pk.html",
             caption="../report/compare_pk.rst",
             category="4. Model comparison",
         ),
@@ -133,8 +158,9 @@ rule biomarker_effects:
         truth=get_truth_population,
         truth_subjects=get_truth_subjects,
     output:
-        table=report(
-            f"{RESULTS}/effects/biomarker_effects.csv",
+        table=f"{RESULTS}/effects/biomarker_effects.csv",
+        table_page=report(
+            f"{RESULTS}/effects/biomarker_effects.html",
             caption="../report/biomarker_effects.rst",
             category="5. Biomarker effects",
         ),
@@ -148,8 +174,9 @@ rule biomarker_effects:
             caption="../report/forest.rst",
             category="5. Biomarker effects",
         ),
-        recovery=report(
-            f"{RESULTS}/effects/recovery.csv",
+        recovery=f"{RESULTS}/effects/recovery.csv",
+        recovery_page=report(
+            f"{RESULTS}/effects/recovery.html",
             caption="../report/recovery.rst",
             category="5. Biomarker effects",
         ),

@@ -5,7 +5,8 @@ import sys
 
 import pandas as pd
 
-from ketamine_pmx.io import write_csv, write_figure
+from ketamine_pmx.io import write_csv, write_figure, write_text
+from ketamine_pmx.pages import table_page
 from ketamine_pmx.plots import effects_forest
 from ketamine_pmx.response import (
     effects_table,
@@ -23,6 +24,7 @@ table = pd.concat(
     [effects_table(f, s) for f, s in zip(fits, specs, strict=True)], ignore_index=True
 )
 write_csv(snakemake.output.table, table, float_format="%.4g")
+write_text(snakemake.output.table_page, table_page(table, "Biomarker effects per clinical unit"))
 reference = table[table["model"] == names[0]]
 for outcome in ("responder", "pct_change"):
     write_figure(snakemake.output[f"forest_{outcome}"], effects_forest(reference, outcome))
@@ -40,5 +42,8 @@ if snakemake.input.truth:
     )
     recovery = recovery[["model", *[c for c in recovery.columns if c != "model"]]]
 write_csv(snakemake.output.recovery, recovery, float_format="%.4g")
+title = "Recovery of the simulator's true effects"
+note = "" if snakemake.input.truth else "<p>A user's dataset: no known truth to compare with.</p>"
+write_text(snakemake.output.recovery_page, table_page(recovery, title, note))
 print(reference.to_string(), file=sys.stderr)
 print(recovery.to_string(), file=sys.stderr)

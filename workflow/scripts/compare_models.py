@@ -8,8 +8,9 @@ import pandas as pd
 from ketamine_pmx.comparison import compare, pareto_k_table
 from ketamine_pmx.data import read_clean
 from ketamine_pmx.inference import load_idata
-from ketamine_pmx.io import write_csv, write_figure
+from ketamine_pmx.io import write_csv, write_figure, write_text
 from ketamine_pmx.outcomes import outcome_table
+from ketamine_pmx.pages import table_page
 from ketamine_pmx.plots import loo_comparison
 from ketamine_pmx.response import (
     ResponseFitter,
@@ -49,6 +50,8 @@ for outcome in ("responder", "pct_change"):
     refitters = {n: loo_refitter(fitters[n], seed, outcome) for n in have}
     table, loos = compare(have, outcome, refitters, k_cfg["k_threshold"], k_cfg["max_refits"])
     write_csv(snakemake.output[outcome], table, float_format="%.6g")
+    title = f"PSIS-LOO comparison of the response models: {outcome.replace('_', ' ')}"
+    write_text(snakemake.output[f"{outcome}_page"], table_page(table, title))
     write_figure(snakemake.output[f"figure_{outcome}"], loo_comparison(table))
     ids = {n: f.log_likelihood["patient"].to_numpy() for n, f in have.items()}
     paretos.append(pareto_k_table(loos, ids).assign(outcome=outcome))
@@ -57,6 +60,7 @@ for outcome in ("responder", "pct_change"):
 pk_fits = {p.split("/")[-2]: load_idata(p) for p in snakemake.input.pk}
 table, loos = compare(pk_fits, "y", None, k_cfg["k_threshold"], 0)
 write_csv(snakemake.output.pk, table, float_format="%.6g")
+write_text(snakemake.output.pk_page, table_page(table, "PSIS-LOO comparison of the PK models"))
 write_figure(snakemake.output.figure_pk, loo_comparison(table))
 paretos.append(pareto_k_table(loos, {}).assign(outcome="concentration"))
 write_csv(snakemake.output.pareto_k, pd.concat(paretos, ignore_index=True))

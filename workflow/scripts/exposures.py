@@ -5,7 +5,8 @@ import sys
 from ketamine_pmx.data import read_clean
 from ketamine_pmx.exposure import exposure_draws, save_exposures, summarise_exposures
 from ketamine_pmx.inference import load_idata
-from ketamine_pmx.io import write_csv, write_figure
+from ketamine_pmx.io import write_csv, write_figure, write_text
+from ketamine_pmx.pages import table_page
 from ketamine_pmx.plots import exposure_overview
 from ketamine_pmx.specs import load_pk_spec
 
@@ -26,6 +27,12 @@ ds = exposure_draws(
 save_exposures(ds, snakemake.output.draws)
 summary = summarise_exposures(ds)
 write_csv(snakemake.output.summary, summary, float_format="%.6g")
+write_text(
+    snakemake.output.summary_page,
+    table_page(
+        summary, f"Exposures per patient ({spec.name}): median, 90% interval", float_format="%.4g"
+    ),
+)
 groups = table.groupby("ID")["ARM"].first()
 if groups.isna().all():
     groups = table.groupby("ID")["INDICATION"].first()

@@ -6,7 +6,8 @@ import pandas as pd
 
 from ketamine_pmx import checks
 from ketamine_pmx.exposure import log_exposure
-from ketamine_pmx.io import write_csv, write_figure
+from ketamine_pmx.io import write_csv, write_figure, write_text
+from ketamine_pmx.pages import table_page
 from ketamine_pmx.plots import calibration, loo_pit, response_ppc
 from ketamine_pmx.response import load_response_idata
 
@@ -16,6 +17,8 @@ idata = load_response_idata(snakemake.input.posterior)
 exposure = log_exposure(pd.read_csv(snakemake.input.exposures), snakemake.params.metric)
 groups = checks.response_groups(idata, exposure.set_index("ID")["log_mean"])
 write_csv(snakemake.output.groups_table, groups, float_format="%.4g")
+title = f"Observed and predicted response by group: {snakemake.wildcards.resp_model}"
+write_text(snakemake.output.groups_page, table_page(groups, title))
 write_figure(snakemake.output.groups, response_ppc(groups, "responder"))
 write_figure(snakemake.output.groups_pct, response_ppc(groups, "pct_change"))
 cal = checks.calibration_table(idata)

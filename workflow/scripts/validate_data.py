@@ -1,10 +1,12 @@
 """Glue: rule validate_data -> ketamine_pmx.data (clean table + data summary)."""
 
 import sys
+from pathlib import Path
 
 from ketamine_pmx.config import validate_config
 from ketamine_pmx.data import DataValidationError, load_dataset, write_outputs
-from ketamine_pmx.io import write_figure
+from ketamine_pmx.io import write_figure, write_text
+from ketamine_pmx.pages import markdown_page
 from ketamine_pmx.plots import data_overview
 
 log = open(snakemake.log[0], "w", buffering=1)
@@ -19,7 +21,9 @@ except DataValidationError as exc:
     print(str(exc), file=sys.__stderr__)
     sys.exit(1)
 for warning in validated.warnings:
+    # The job's log and the terminal: a warning is for the user, not only for the record.
     print("warning: " + warning.format(validated.source), file=log)
+    print("warning: " + warning.format(validated.source), file=sys.__stderr__)
 summary = write_outputs(
     validated,
     snakemake.output.clean,
@@ -27,6 +31,8 @@ summary = write_outputs(
     snakemake.output.summary_md,
 )
 write_figure(snakemake.output.overview, data_overview(validated.table))
+summary_md = Path(snakemake.output.summary_md).read_text(encoding="utf-8")
+write_text(snakemake.output.summary_page, markdown_page(summary_md, "Data summary"))
 print(
     f"valid: {summary['subjects']} subjects, {summary['observation_rows']} observations", file=log
 )
