@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -96,3 +97,76 @@ def test_models_without_a_cache_key_fall_back_to_nutpie(monkeypatch):
     compiled = nutpie_compile.compile_pymc_model(make_model(Y))
     assert compiled.compiled_logp_func._cache_hits == 0
     assert draws(compiled)["mu"].shape == (2, 30)
+
+
+#: A small population PK model: a one-compartment oral model per subject, lognormal subject
+#: effects, a proportional error and a censored (M3) term through the project's log Phi. Big
+#: enough that the compiled log density calls functions that are not inlined into it.
+PK_SRC = textwrap.dedent(
+    """
+    import hashlib, json, sys
+    import numpy as np
+    import pymc as pm
+    import pytensor.tensor as pt
+    from ketamine_pmx.inference import log_ndtr
+    from ketamine_pmx.sampling import Nuts
+
+    n_sub, n_obs = 12, 96
+    idx = np.repeat(np.arange(n_sub), n_obs // n_sub)
+    t = np.tile(np.linspace(0.25, 8.0, n_obs // n_sub), n_sub)
+    y = np.random.default_rng(1).normal(1.0, 0.3, n_obs)
+    with pm.Model() as model:
+        t_d, y_d, idx_d = pm.Data("t", t), pm.Data("y_obs", y), pm.Data("idx", idx)
+        mu = pm.Normal("mu", [1.0, -1.0, 0.5], 1.0, shape=3)
+        omega = pm.HalfNormal("omega", 0.5, shape=3)
+        z = pm.Normal("z", 0.0, 1.0, shape=(n_sub, 3))
+        theta = pt.exp(mu + omega * z)
+        ka, ke, v = theta[idx_d, 0], theta[idx_d, 1], theta[idx_d, 2]
+        conc = ka / (v * (ka - ke)) * (pt.exp(-ke * t_d) - pt.exp(-ka * t_d))
+        sigma = pm.HalfNormal("sigma", 0.5)
+        mu_y = pt.log(pt.abs(conc) + 1e-3)
+        pm.Normal("y", mu_y, sigma, observed=y_d)
+        pm.Potential("censored", log_ndtr((0.2 - mu_y[::3]) / sigma).sum())
+    settings = {"backend": "nutpie", "chains": 2, "draws": 50, "tune": 50, "cores": 1,
+                "target_accept": 0.8, "low_rank_mass_matrix": False}
+    nuts = Nuts(model, settings)
+    post = nuts.sample(seed=3).idata.posterior
+    digest = hashlib.sha256(b"".join(post[k].values.tobytes() for k in sorted(post.data_vars)))
+    print(json.dumps({"draws": digest.hexdigest(), "loaded": nuts.compiled.compiled_logp_func._cache_hits}))
+    """
+)
+
+
+def test_the_draws_do_not_depend_on_the_compile_cache(tmp_path):
+    """Compiled here or loaded from the cache, in one cache directory or another: the same
+    seed gives bit-identical draws (the entry point once ran other copies of its callees
+    when loaded than when freshly compiled, and the last bits of the gradient differed)."""
+    script = tmp_path / "fit.py"
+    script.write_text(PK_SRC)
+
+    def fit(*caches: str) -> list[dict]:
+        """One process per cache directory, run side by side."""
+        procs = [
+            subprocess.Popen(
+                [sys.executable, str(script)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={
+                    **os.environ,
+                    "PYTENSOR_FLAGS": f"base_compiledir={tmp_path / cache}",
+                },
+            )
+            for cache in caches
+        ]
+        outs = [proc.communicate() for proc in procs]
+        assert all(proc.returncode == 0 for proc in procs), [err for _, err in outs]
+        return [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+
+    # Two empty cache directories side by side, then the first one warm: its PyTensor functions
+    # are loaded from the cache, and with them the entry point where PyTensor gives the log
+    # density the same cache key again (it does not always, for this graph: then a new entry
+    # point is compiled over the loaded functions, which once changed the draws as well).
+    runs = [*fit("a", "b"), *fit("a")]
+    assert len({run["draws"] for run in runs}) == 1, runs
+    assert runs[0]["loaded"] == runs[1]["loaded"] == 0

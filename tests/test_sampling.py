@@ -51,3 +51,22 @@ def test_tuning_steps_are_counted_apart_from_the_draws(backend):
     longer = run_nuts(ill_conditioned(), {**settings, "tune": 4 * settings["tune"]}, seed=3)
     assert longer.tuning_steps > 2 * run.tuning_steps
     assert run.idata.sample_stats.sizes["draw"] == settings["draws"]
+
+
+@pytest.mark.parametrize("backend", ["nutpie", "pymc"])
+def test_progress_reaches_stderr_and_leaves_the_draws_alone(backend, capsys):
+    """The fit's log reads the phase, iterations per chain, divergences and time while NUTS
+    runs; reporting (here every poll) draws the same numbers as a silent run."""
+    settings = sampler(backend, draws=400, tune=300)
+    silent = run_nuts(ill_conditioned(), settings, seed=4, progress_seconds=None).idata
+    assert capsys.readouterr().err.count("NUTS") == 0
+    chatty = run_nuts(ill_conditioned(), settings, seed=4, progress_seconds=1e-4).idata
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("NUTS")]
+    np.testing.assert_array_equal(silent.posterior["x"].values, chatty.posterior["x"].values)
+    assert len(lines) >= 2  # at least one report while running, and the last
+    assert lines[-1].startswith("NUTS done: 1400/1400 iterations, ")
+    assert lines[-1].endswith("elapsed; chain 0 done, chain 1 done")
+    divergent = int(silent.sample_stats["diverging"].sum())
+    assert f" {divergent} divergent after tuning, " in lines[-1]
+    assert all(line.startswith("NUTS running: ") for line in lines[:-1])
+    assert any(" tuning " in line or " sampling " in line for line in lines[:-1])

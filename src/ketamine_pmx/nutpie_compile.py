@@ -18,13 +18,19 @@ second process compiling the same model loads them. The entry points return nutp
 codes (0 success, 1 error, 3 non-finite gradient, 4 non-finite log density, -1 wrong
 dimension). A model whose PyTensor functions have no cache key (an Op without one), or an
 unexpected nutpie version, falls back to ``nutpie.compile_pymc_model``.
+
+Each entry point calls its own renamed copies of the functions linked into it (see
+:func:`_private_copies`), so the draws of a seed are the same whether the entry point was
+compiled in this process or loaded from the cache, and whichever cache directory it came from.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 #: nutpie versions whose internals this module uses.
@@ -83,13 +89,48 @@ def _pytensor_key(fn: Any) -> str | None:
     return None if py_func is None else CACHED_SRC_FUNCTIONS.get(py_func)
 
 
+@contextlib.contextmanager
+def _private_copies(name: str, key: str) -> Iterator[None]:
+    """While compiling the entry point ``name``, the functions linked into its library get
+    names of their own (``key`` appended), so that it calls its own copies.
+
+    numba links a copy of each callee (the PyTensor log density and the functions it calls)
+    into a caller's library under the callee's symbol, as a weak definition, and the JIT
+    resolves a symbol defined twice to the first definition loaded in the process. A process
+    that compiles the model (cold cache) has loaded each callee's own library first; a process
+    that loads the entry point from the cache has not. So the same entry point ran different,
+    differently optimised copies of its callees, which under PyTensor's fast-math flags differ
+    in the last bits of the gradient, and NUTS turns that into different draws. With names of
+    their own the entry point runs its own code, the same whether compiled or loaded.
+    """
+    from numba.core.codegen import CPUCodeLibrary
+
+    optimize = CPUCodeLibrary._optimize_final_module
+    suffix = f".{key[:16]}"
+
+    def patched(library: Any) -> None:
+        defined = [f for f in library._final_module.functions if not f.is_declaration]
+        # numba's C wrapper of the entry point: "cfunc." + the mangled name, which holds ``name``
+        if any(f.name.startswith("cfunc.") and name in f.name for f in defined):
+            for f in defined:
+                if f.name.startswith("_ZN") and not f.name.endswith(suffix):
+                    f.name = f.name + suffix
+        optimize(library)
+
+    CPUCodeLibrary._optimize_final_module = patched
+    try:
+        yield
+    finally:
+        CPUCodeLibrary._optimize_final_module = optimize
+
+
 def _entry_point(src: str, name: str, env: dict[str, Any], sig: Any, key: str) -> Any:
-    """``numba.cfunc`` of generated source, cached on disk under ``key``."""
+    """``numba.cfunc`` of generated source, cached on disk under ``key``, its callees private."""
     import numba
     from pytensor.link.numba.cache import compile_numba_function_src
 
     py_func = compile_numba_function_src(src.format(name=name), name, global_env=env, cache_key=key)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _private_copies(name, key):
         warnings.filterwarnings("ignore", category=numba.NumbaWarning)
         return numba.cfunc(sig, cache=True)(py_func)
 
