@@ -79,3 +79,21 @@ def load_script(relative: str, name: str):
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module
+
+
+def save_run_posteriors(models, run: Path) -> None:
+    """The PK and response posteriors of dosing ``Models`` saved as a finished run's
+    ``pk/<model>/posterior.nc`` and ``response/<model>/posterior.nc`` under ``run``."""
+    import arviz as az
+
+    from ketamine_pmx.inference import save_idata
+
+    pk_spec, resp_spec = models.pk_spec, models.resp_spec
+    pk = az.InferenceData(posterior=models.pk_posterior.unstack("sample"))
+    pk.posterior.attrs.update(spec_sha256=pk_spec.sha256, model=pk_spec.name)
+    resp = az.InferenceData(
+        posterior=models.resp_posterior.unstack("sample"), constant_data=models.resp_const
+    )
+    resp.posterior.attrs.update(spec_sha256=resp_spec.sha256, model=resp_spec.name)
+    save_idata(pk, run / "pk" / pk_spec.name / "posterior.nc")
+    save_idata(resp, run / "response" / resp_spec.name / "posterior.nc")

@@ -8,18 +8,16 @@ import dataclasses
 import shutil
 import types
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, make_config
+from conftest import REPO, make_config, save_run_posteriors
 from test_inference import true_parameters
 
 from ketamine_pmx import dosing
 from ketamine_pmx.cli import main as cli_main
 from ketamine_pmx.config import ConfigError, deep_merge
 from ketamine_pmx.data import DataValidationError
-from ketamine_pmx.inference import save_idata
 from ketamine_pmx.oracle import oracle_pk_posterior, oracle_response
 from ketamine_pmx.response import load_response_spec
 from ketamine_pmx.simulate import (
@@ -562,14 +560,7 @@ def test_cli_recommend(world, tmp_path, capsys):
     """``ketamine-pmx recommend`` on a run directory: outputs per patient; bad input exits 1."""
     _, _, models = world
     run = tmp_path / "results"
-    pk = az.InferenceData(posterior=models.pk_posterior.unstack("sample"))
-    pk.posterior.attrs.update(spec_sha256=PK_SPEC.sha256, model=PK_SPEC.name)
-    resp = az.InferenceData(
-        posterior=models.resp_posterior.unstack("sample"), constant_data=models.resp_const
-    )
-    resp.posterior.attrs.update(spec_sha256=RESP_SPEC.sha256, model=RESP_SPEC.name)
-    save_idata(pk, run / "pk" / PK_SPEC.name / "posterior.nc")
-    save_idata(resp, run / "response" / RESP_SPEC.name / "posterior.nc")
+    save_run_posteriors(models, run)
     models_dir = tmp_path / "models"
     shutil.copytree(REPO / "models", models_dir)
     cfg_path = tmp_path / "config.yaml"

@@ -8,15 +8,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import arviz as az
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, make_config
+from conftest import REPO, make_config, save_run_posteriors
 
 from ketamine_pmx import dosing, plots
 from ketamine_pmx.cli import main as cli_main
-from ketamine_pmx.inference import save_idata
 from ketamine_pmx.oracle import oracle_pk_posterior, oracle_response
 from ketamine_pmx.response import load_response_spec
 from ketamine_pmx.simulate import simulate_trial
@@ -42,14 +40,7 @@ def world(tmp_path_factory):
     )
     tmp = tmp_path_factory.mktemp("run")
     run = tmp / "results"
-    pk = az.InferenceData(posterior=models.pk_posterior.unstack("sample"))
-    pk.posterior.attrs.update(spec_sha256=PK_SPEC.sha256, model=PK_SPEC.name)
-    resp = az.InferenceData(
-        posterior=models.resp_posterior.unstack("sample"), constant_data=models.resp_const
-    )
-    resp.posterior.attrs.update(spec_sha256=RESP_SPEC.sha256, model=RESP_SPEC.name)
-    save_idata(pk, run / "pk" / PK_SPEC.name / "posterior.nc")
-    save_idata(resp, run / "response" / RESP_SPEC.name / "posterior.nc")
+    save_run_posteriors(models, run)
     for fit in (f"pk/{PK_SPEC.name}", f"response/{RESP_SPEC.name}"):
         (run / fit / "gate.json").write_text(json.dumps({"gate_passed": True, "gate_failures": []}))
     cfg_path = tmp / "config.yaml"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
+import arviz as az
 import numpy as np
 import pandas as pd
 import pymc as pm
@@ -775,3 +776,31 @@ def test_a_fit_records_the_prior_centres_the_boundary_rule_needs(spec):
     centres = prior_typical(spec)
     assert centres["log_cl_o_pop[S]"] == 19.0 and centres["log_cl_hnk_pop[R]"] == 76.0
     assert not any(k.startswith(("log_v_nk", "log_fm_hnk")) for k in centres)  # fixed; fraction
+
+
+def test_posterior_files_of_two_runs_of_one_config_are_byte_identical(tmp_path):
+    """Timings and creation times stay in memory (and the fit's log), not in the file: two fits
+    that drew the same numbers at different speeds write the same bytes."""
+    import hashlib
+
+    import xarray as xr
+
+    from ketamine_pmx.inference import RUN_ATTRS, run_timings
+
+    def fit(seconds: float, created: str) -> az.InferenceData:
+        post = xr.Dataset({"x": (("chain", "draw"), np.arange(8.0).reshape(2, 4))})
+        post.attrs.update(model="m", created_at=created, sampling_seconds=seconds)
+        stats = xr.Dataset({"diverging": (("chain", "draw"), np.zeros((2, 4), bool))})
+        stats.attrs["created_at"] = created
+        return az.InferenceData(posterior=post, sample_stats=stats)
+
+    first, second = fit(1.5, "2026-01-01T00:00:00"), fit(9.25, "2026-01-02T00:00:00")
+    paths = [tmp_path / "a.nc", tmp_path / "b.nc"]
+    for idata, path in zip((first, second), paths, strict=True):
+        save_idata(idata, path)
+    digests = {hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+    assert len(digests) == 1
+    assert run_timings(first) == {"created_at": "2026-01-01T00:00:00", "sampling_seconds": 1.5}
+    loaded = load_idata(paths[0])
+    assert not set(RUN_ATTRS) & set(loaded.posterior.attrs)
+    assert loaded.posterior.attrs["model"] == "m"

@@ -1142,11 +1142,8 @@ def _mcse_share(exceeded: np.ndarray, n_eff: np.ndarray) -> tuple[np.ndarray, np
     return share, np.sqrt(jeff * (1.0 - jeff) / n_eff)
 
 
-#: Columns of the per-candidate table (regimens.csv, with "patient" the row of the patient).
-REGIMEN_COLUMNS = (
-    "patient",
-    "ID",
-    "INDICATION",
+#: A regimen's description and its evaluation: shared by both tables.
+_REGIMEN_FIELDS = (
     "FAMILY",
     "REGIMEN",
     "FORMULATION",
@@ -1174,6 +1171,14 @@ REGIMEN_COLUMNS = (
     "P_PEAK_EXCEEDED_MCSE",
     "P_CUM_EXCEEDED",
     "P_CUM_EXCEEDED_MCSE",
+)
+
+#: Columns of the per-candidate table (regimens.csv, with "patient" the row of the patient).
+REGIMEN_COLUMNS = (
+    "patient",
+    "ID",
+    "INDICATION",
+    *_REGIMEN_FIELDS,
     "EXPOSURE_LOGIT",
     "EXPOSURE_Z",
     "ACCEPTABLE",
@@ -1376,33 +1381,7 @@ RECOMMENDATION_COLUMNS = (
     "ESS",
     "STATUS",
     "RECOMMENDED",
-    "FAMILY",
-    "REGIMEN",
-    "FORMULATION",
-    "DOSE_MG_KG",
-    "RATE_MG_H",
-    "DURATION_H",
-    "SESSIONS",
-    "INTERVAL_H",
-    "AMOUNT_MG",
-    "TOTAL_MG",
-    "P_RESPONSE",
-    "P_RESPONSE_LO",
-    "P_RESPONSE_HI",
-    "P_RESPONSE_MCSE",
-    "EXPOSURE_MEDIAN",
-    "EXPOSURE_LO",
-    "EXPOSURE_HI",
-    "PEAK_KET_MEDIAN",
-    "PEAK_KET_LO",
-    "PEAK_KET_HI",
-    "CUM_AUC_KET_MEDIAN",
-    "CUM_AUC_KET_LO",
-    "CUM_AUC_KET_HI",
-    "P_PEAK_EXCEEDED",
-    "P_PEAK_EXCEEDED_MCSE",
-    "P_CUM_EXCEEDED",
-    "P_CUM_EXCEEDED_MCSE",
+    *_REGIMEN_FIELDS,
     "N_CANDIDATES",
     "N_ACCEPTABLE",
     "N_TIED",

@@ -863,10 +863,27 @@ def _add_data_groups(idata: az.InferenceData, spec: PKSpec, data: PKData) -> Non
     )
 
 
+#: Attributes that say when and how fast a fit ran. They differ between two runs of the same
+#: config, so the posterior file leaves them out (the fit's log has them): the same config
+#: then gives the same bytes, whatever the machine's load or compile cache.
+RUN_ATTRS = ("created_at", "build_seconds", "compile_seconds", "sampling_seconds")
+
+
+def run_timings(idata: az.InferenceData) -> dict[str, Any]:
+    """The posterior's :data:`RUN_ATTRS` (those it has), for a log line."""
+    return {k: idata.posterior.attrs[k] for k in RUN_ATTRS if k in idata.posterior.attrs}
+
+
 def save_idata(idata: az.InferenceData, path: str | Path) -> None:
-    """Write InferenceData to NetCDF atomically."""
+    """Write InferenceData to NetCDF atomically, without :data:`RUN_ATTRS` (``idata`` keeps
+    them)."""
+    groups = {}
+    for name in idata.groups():
+        ds = getattr(idata, name).copy(deep=False)
+        ds.attrs = {k: v for k, v in ds.attrs.items() if k not in RUN_ATTRS}
+        groups[name] = ds
     with atomic_path(path) as tmp:
-        idata.to_netcdf(str(tmp))
+        az.InferenceData(**groups).to_netcdf(str(tmp))
 
 
 def load_idata(path: str | Path, spec: PKSpec | None = None) -> az.InferenceData:

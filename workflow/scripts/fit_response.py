@@ -8,7 +8,7 @@ import sys
 import pandas as pd
 
 from ketamine_pmx.data import read_clean
-from ketamine_pmx.inference import diagnose, gate_message, save_idata
+from ketamine_pmx.inference import diagnose, gate_message, run_timings, save_idata
 from ketamine_pmx.outcomes import outcome_table
 from ketamine_pmx.response import fit_response, load_response_spec
 
@@ -26,6 +26,7 @@ idata, data = fit_response(
 )
 for pid, reason in data.excluded.itertuples(index=False):
     print(f"patient {pid} excluded: {reason}", file=log)
+print(f"timings (s): {run_timings(idata)}", file=sys.stderr)
 save_idata(idata, snakemake.output.posterior)
 failures = diagnose(idata, cfg["gate"], snakemake.output.diagnostics, snakemake.output.gate)
 print(f"{spec.name}: {len(data.table)} patients", file=log)
