@@ -74,10 +74,14 @@ def {name}(dim, expanded, x_, out_, user_data_):
 
 
 def supported() -> bool:
-    """True when the installed nutpie is a version whose internals this module knows."""
+    """True when the installed nutpie is a version whose internals this module knows, and
+    numba's code library has the final-optimisation step that :func:`_private_copies` wraps."""
     import nutpie
+    from numba.core.codegen import CPUCodeLibrary
 
-    return nutpie.__version__.startswith(NUTPIE_VERSIONS)
+    return nutpie.__version__.startswith(NUTPIE_VERSIONS) and callable(
+        getattr(CPUCodeLibrary, "_optimize_final_module", None)
+    )
 
 
 def _pytensor_key(fn: Any) -> str | None:
