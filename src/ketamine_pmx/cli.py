@@ -124,13 +124,8 @@ def _recommend(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         return EXIT_INVALID_DATA
     caveats = Caveats.from_warnings(warnings, patients, args.patients, gates)
-    for text in caveats.warnings:
-        print(f"warning: {text}", file=sys.stderr)
-    for model, failures in gates.items():
-        print(
-            f"warning: {model} did not pass the diagnostic gate: {'; '.join(failures)}",
-            file=sys.stderr,
-        )
+    for line in caveats.messages():
+        print(line, file=sys.stderr)
     try:
         result = recommend(models, patients, config["dosing"], config["seeds"]["dosing"], conc)
     except DosingError as exc:
@@ -143,8 +138,7 @@ def _recommend(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: --out {out}: cannot write the outputs ({exc})", file=sys.stderr)
         return EXIT_USAGE
-    cols = ["ID", "INDICATION", "METHOD", "REGIMEN", "P_RESPONSE", "LIKELY_NON_RESPONDER"]
-    cols += [c for c in ("STATUS",) if c in rec]
+    cols = ["ID", "INDICATION", "METHOD", "REGIMEN", "P_RESPONSE", "LIKELY_NON_RESPONDER", "STATUS"]
     print(rec[cols].to_string(index=False))
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)

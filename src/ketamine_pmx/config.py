@@ -90,6 +90,12 @@ def validate_with_schema(
     return filled
 
 
+def _refuse(problems: list[str], source: str) -> None:
+    """Raise :class:`ConfigError` listing ``problems``, if any."""
+    if problems:
+        raise ConfigError(f"{source}: invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
 def _check_semantics(config: dict[str, Any], source: str, results_dir: bool = True) -> None:
     """Rules a JSON Schema cannot express."""
     problems = []
@@ -115,8 +121,7 @@ def _check_semantics(config: dict[str, Any], source: str, results_dir: bool = Tr
             f"gate.allow_failure_for: {name} is a reference model (everything downstream uses "
             "it); its gate must pass, or set gate.allow_failure for an exploratory run"
         )
-    if problems:
-        raise ConfigError(f"{source}: invalid configuration:\n  - " + "\n  - ".join(problems))
+    _refuse(problems, source)
 
 
 #: A project's folders of inputs: a results_dir may not be one, lie in one or hold one.
@@ -184,9 +189,7 @@ def check_results_dir(
     config: dict[str, Any], source: str = "<config>", roots: tuple[str | Path, ...] = ()
 ) -> None:
     """Raise :class:`ConfigError` when :func:`results_dir_problems` finds any."""
-    problems = results_dir_problems(config, roots)
-    if problems:
-        raise ConfigError(f"{source}: invalid configuration:\n  - " + "\n  - ".join(problems))
+    _refuse(results_dir_problems(config, roots), source)
 
 
 SAMPLER_FAMILIES = ("pk", "response")

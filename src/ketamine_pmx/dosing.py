@@ -89,7 +89,12 @@ safety limits are assumptions for the user to set (``dosing.safety``).
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1651,6 +1656,13 @@ class Caveats:
                 by_patient.setdefault(str(row["ID"]), []).append(text)
         return cls([p.format(str(source)) for p in problems], by_patient, dict(gates or {}))
 
+    def messages(self) -> list[str]:
+        """Each warning and each failed gate as a line for stderr or a job's log."""
+        return [f"warning: {w}" for w in self.warnings] + [
+            f"warning: {m} did not pass the diagnostic gate: {'; '.join(f)}"
+            for m, f in self.gates.items()
+        ]
+
     def gate_text(self) -> str:
         """``passed``, or each model with its failed checks."""
         if not self.gates:
@@ -1662,7 +1674,6 @@ def gate_failures(paths: dict[str, str | Path | None]) -> dict[str, list[str]]:
     """Failed checks by model, from each model's gate file (``gate_failures`` of gate.json or
     gate_check.json; a path may be a fit's folder, where :data:`GATE_FILES` are looked for). A
     model whose gate passed has no entry; one without a gate file is reported as unchecked."""
-    import json
 
     out = {}
     for model, path in paths.items():
@@ -1691,8 +1702,6 @@ def patient_file_names(ids: Any) -> dict[str, str]:
     would collide with it, ``A_1.<hash of A_1>``. The ``.`` never occurs in a plain name, so a
     suffixed name cannot equal another patient's plain one.
     """
-    import hashlib
-    import re
 
     ids = list(dict.fromkeys(map(str, ids)))
     stem = {i: re.sub(r"[^A-Za-z0-9_-]", "_", i)[:64] for i in ids}
@@ -1710,7 +1719,6 @@ def check_output_dir(out: str | Path, inputs: list[str | Path | None]) -> None:
     must not replace: one that holds anything but its own outputs (another folder's files,
     e.g. the patients file's or a run's), one that holds an input, a path below a file, and
     a place that cannot be written (its nearest existing folder is tried)."""
-    import tempfile
 
     from .io import check_outputs
 
@@ -1824,11 +1832,8 @@ def patient_summary(rec: pd.Series, regimens: pd.DataFrame, cfg: dict[str, Any])
 def _summary(rec: pd.DataFrame, texts: list[str], notes: list[str], caveats: Caveats) -> str:
     """``summary.md``: the cohort's counts, gate status, warnings and notes, then each patient."""
     flagged = int(rec["LIKELY_NON_RESPONDER"].map(is_true).sum())
-    if "STATUS" in rec:
-        counts = rec["STATUS"].fillna("no status").value_counts(sort=False)
-        status = "; ".join(f"{n} {s}" for s, n in counts.items())
-    else:
-        status = f"{int(rec['RECOMMENDED'].map(is_true).sum())} with a recommended regimen"
+    counts = rec["STATUS"].value_counts(sort=False)
+    status = "; ".join(f"{n} {s}" for s, n in counts.items())
     head = [
         "# Dose recommendations",
         "",
@@ -1922,8 +1927,6 @@ def merge_batches(batch_dirs: list[str | Path], out_dir: str | Path) -> pd.DataF
     :func:`write_recommendation` of all the patients would have written them: one
     ``summary.md`` whose counts, gate status, warnings and notes are the cohort's (each
     warning and note once), then every patient's summary in batch order."""
-    import json
-    import shutil
 
     from .io import atomic_dir, write_csv, write_json, write_text
 

@@ -1021,14 +1021,15 @@ def parameter_flags(idata: az.InferenceData, rules: dict[str, Any] | None = None
 
 def bsv_advice(idata: az.InferenceData, flags: dict[str, str]) -> list[str]:
     """BSV groups whose omega is flagged (near 0, or not bounded away from it) in every chain
-    (enantiomer), as a proposal: the reduced model (``bsv: false`` on the group's parameters)."""
+    (enantiomer), as a proposal: the reduced model (``bsv: false`` on the group's parameters).
+    ``flags`` holds the flagged elements only (:func:`parameter_flags`)."""
     post = idata.posterior
     groups = []
     for var in population_variables(idata):
         if not var.startswith("omega_"):
             continue
         elements = [e for e, _ in _elements(post[var].rename(var))]
-        if all("consider removing BSV" in flags.get(e, "") for e in elements):
+        if all(e in flags for e in elements):
             groups.append(var[len("omega_") :])
     if not groups:
         return []
@@ -1131,7 +1132,7 @@ def write_diagnostics(
     """``diagnostics.csv`` (the table) and ``gate.json``: the run statistics, the gate's result
     and failures, ``flags`` (``"<element>: <reason>"``, from the table's flag column) and
     ``advice`` (:func:`bsv_advice`)."""
-    flagged = table[table.get("flag", pd.Series("", index=table.index)).fillna("") != ""]
+    flagged = table[table["flag"] != ""]
     write_csv(csv_path, table, float_format="%.6g")
     write_json(
         json_path,
@@ -1202,7 +1203,7 @@ def fit_pk(
 def prior_typical(spec: PKSpec) -> dict[str, float]:
     """The prior's typical value (its centre, natural scale) of each estimated positive
     population parameter, named as the posterior's elements (``"log_cl_o_pop[S]"``): the scale
-    against which :func:`boundary_flags` judges a value near zero."""
+    against which :func:`parameter_flags` judges a value near zero."""
     return {
         f"log_{name}_pop[{c}]": spec.typical(name, c)
         for name in spec.estimated()

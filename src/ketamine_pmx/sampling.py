@@ -195,7 +195,9 @@ class Nuts:
                     progressbar=False,
                     compute_convergence_checks=False,
                     discard_tuned_samples=False,  # for the tuning's step count
-                    callback=_PymcProgress(progress, s["chains"]) if progress.seconds else None,
+                    callback=_PymcProgress(progress, s["chains"])
+                    if progress.seconds is not None
+                    else None,
                 )
             compile_s = round(t1 - t0, 3)
         t2 = time.perf_counter()

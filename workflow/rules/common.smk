@@ -146,6 +146,12 @@ def get_reference_fits(wildcards=None):
     }
 
 
+def get_reference_gates(wildcards=None):
+    """The enforced gates (gate checks) of the reference PK and response models."""
+    fits = get_reference_fits()
+    return [fits["pk_gate"], fits["response_gate"]]
+
+
 def get_concentrations(wildcards):
     path = config["dosing"]["concentrations"]
     return repo_path(path) if path else []

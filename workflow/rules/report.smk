@@ -8,9 +8,7 @@ rule dosing_pages:
     input:
         recommendations=rules.recommend_doses.output.recommendations,
         summary=rules.recommend_doses.output.summary,
-        gates=lambda wildcards: [
-            get_reference_fits()[k] for k in ("pk_gate", "response_gate")
-        ],
+        gates=get_reference_gates,
     output:
         recommendations=report(
             f"{RESULTS}/dosing/recommendations.html",
@@ -41,9 +39,7 @@ rule dosing_pages:
 rule trial_page:
     input:
         summary=rules.dosing_trial.output.summary,
-        gates=lambda wildcards: [
-            get_reference_fits()[k] for k in ("pk_gate", "response_gate")
-        ],
+        gates=get_reference_gates,
     output:
         summary=report(
             f"{RESULTS}/dosing/trial_summary.html",

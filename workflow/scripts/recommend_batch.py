@@ -44,12 +44,8 @@ gates = gate_failures(
     }
 )
 caveats = Caveats.from_warnings(warnings, patients, snakemake.input.patients, gates)
-for text in caveats.warnings:
-    print(f"warning: {text}", file=sys.stderr)
-for model, failures in gates.items():
-    print(
-        f"warning: {model} did not pass the diagnostic gate: {'; '.join(failures)}", file=sys.stderr
-    )
+for line in caveats.messages():
+    print(line, file=sys.stderr)
 batch = int(snakemake.wildcards.batch)
 sub = patient_batch(patients, batch, cfg["dosing"]["batches"])
 if conc is not None:
