@@ -38,10 +38,14 @@ sys.path.insert(0, str(ROOT / "src"))
 from ketamine_pmx.config import load_config  # noqa: E402
 from ketamine_pmx.dosing import make_models, recommend, regimen_grid  # noqa: E402
 from ketamine_pmx.inference import save_idata  # noqa: E402
-from ketamine_pmx.oracle import oracle_pk_posterior, oracle_response  # noqa: E402
-from ketamine_pmx.response import load_response_spec  # noqa: E402
-from ketamine_pmx.simulate import draw_subjects, load_parameters, simulate_trial  # noqa: E402
-from ketamine_pmx.specs import load_pk_spec  # noqa: E402
+from ketamine_pmx.models import load_pk_spec, load_response_spec  # noqa: E402
+from ketamine_pmx.simulate import (  # noqa: E402
+    draw_subjects,
+    load_parameters,
+    oracle_pk_posterior,
+    oracle_response,
+    simulate_trial,
+)
 
 
 def _cli(models, config: dict, n: int, repeat: int, extra: list[str]) -> dict:

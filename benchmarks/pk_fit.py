@@ -100,13 +100,9 @@ def assignments(items: list[str]) -> list[tuple[str, str]]:
 
 def run_one(args: argparse.Namespace) -> dict:
     """One fit (called in a child process); returns its row."""
-    from ketamine_pmx.inference import (
-        diagnostics_table,
-        fit_pk,
-        population_variables,
-        run_statistics,
-    )
-    from ketamine_pmx.specs import load_pk_spec, with_bsv, with_parameter
+    from ketamine_pmx.checks import diagnostics_table, population_variables, run_statistics
+    from ketamine_pmx.inference import fit_pk
+    from ketamine_pmx.models import load_pk_spec, with_bsv, with_parameter
 
     table = make_table(args.one_size, args.one_trial_seed)
     spec = load_pk_spec(REPO / "models" / f"{args.model}.yaml")
@@ -229,7 +225,7 @@ def protocol(args: argparse.Namespace) -> dict:
 
 def spec_sha256(model: str) -> str:
     """The hash of the model's specification as shipped (before the command's options)."""
-    from ketamine_pmx.specs import load_pk_spec
+    from ketamine_pmx.models import load_pk_spec
 
     return load_pk_spec(REPO / "models" / f"{model}.yaml").sha256
 

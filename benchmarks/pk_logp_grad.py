@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import shlex
 import subprocess
@@ -59,10 +60,16 @@ def compile_logp_grad(package: str, table: pd.DataFrame, model_name: str):
     import pytensor.tensor as pt
     from pymc.pytensorf import join_nonshared_inputs
 
-    specs = importlib.import_module(f"{package}.specs")
-    inference = importlib.import_module(f"{package}.inference")
-    spec = specs.load_pk_spec(REPO / "models" / f"{model_name}.yaml")
-    model = inference.build_pk_model(spec, inference.prepare_pk_data(table, spec))
+    if importlib.util.find_spec(f"{package}.models") is not None:  # the package layout
+        models = importlib.import_module(f"{package}.models")
+        spec = models.load_pk_spec(REPO / "models" / f"{model_name}.yaml")
+        data = models.prepare_pk_data(table, spec)
+        model = models.build_pk_model(spec, data, models.empirical_bayes_start(spec, data))
+    else:  # revisions with flat modules
+        specs = importlib.import_module(f"{package}.specs")
+        inference = importlib.import_module(f"{package}.inference")
+        spec = specs.load_pk_spec(REPO / "models" / f"{model_name}.yaml")
+        model = inference.build_pk_model(spec, inference.prepare_pk_data(table, spec))
     point = model.initial_point()
     free = model.value_vars
     logp = model.logp()

@@ -19,7 +19,8 @@ import json
 
 import pandas as pd
 
-from ketamine_pmx.inference import compare_with_truth, load_idata
+from ketamine_pmx.checks import compare_with_truth
+from ketamine_pmx.inference import load_idata
 from ketamine_pmx.simulate import pk_truth, sample_pk_truth
 
 

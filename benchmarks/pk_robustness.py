@@ -39,20 +39,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ketamine_pmx.checks import compare_with_truth, derived_fractions, diagnose, gate_notes
 from ketamine_pmx.config import load_config, sampler_settings, validate_config
 from ketamine_pmx.data import load_dataset, read_clean, write_clean
-from ketamine_pmx.inference import (
-    compare_with_truth,
-    derived_fractions,
-    diagnose,
-    fit_pk,
-    gate_notes,
-    load_idata,
-    save_idata,
-)
+from ketamine_pmx.inference import fit_pk, load_idata, save_idata
 from ketamine_pmx.io import read_csv, write_csv, write_json
+from ketamine_pmx.models import load_pk_spec, without_bsv
 from ketamine_pmx.simulate import pk_truth, sample_pk_truth, simulate_trial
-from ketamine_pmx.specs import load_pk_spec, without_bsv
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent

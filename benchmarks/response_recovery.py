@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ketamine_pmx.comparison import compare
+from ketamine_pmx.checks import compare, effects_vs_truth
 from ketamine_pmx.config import load_config, sampler_settings
-from ketamine_pmx.data import read_clean
+from ketamine_pmx.data import outcome_table, read_clean
+from ketamine_pmx.inference import fit_response
 from ketamine_pmx.io import write_csv
-from ketamine_pmx.outcomes import outcome_table
-from ketamine_pmx.response import effects_table, effects_vs_truth, fit_response, load_response_spec
+from ketamine_pmx.models import load_response_spec
+from ketamine_pmx.response import effects_table
 
 LOG_SD = 0.15
 OUT = Path(__file__).parent / "results"

@@ -3,11 +3,12 @@ run of the workflow (one per test session, shared by every test that reads its r
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from ketamine_pmx.config import load_config
@@ -73,16 +74,8 @@ def evaluate(model, outputs, point):
     return model.compile_fn(outputs, inputs=model.value_vars, on_unused_input="ignore")(point)
 
 
-def load_script(relative: str, name: str):
-    """A repository script that is not part of the package (benchmarks/...), as a module."""
-    module_spec = importlib.util.spec_from_file_location(name, REPO / relative)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
-
-
 def save_run_posteriors(models, run: Path) -> None:
-    """The PK and response posteriors of dosing ``Models`` saved as a finished run's
+    """The PK and response posteriors of dosing ``ReferenceFits`` saved as a finished run's
     ``pk/<model>/posterior.nc`` and ``response/<model>/posterior.nc`` under ``run``."""
     import arviz as az
 
@@ -97,3 +90,15 @@ def save_run_posteriors(models, run: Path) -> None:
     resp.posterior.attrs.update(spec_sha256=resp_spec.sha256, model=resp_spec.name)
     save_idata(pk, run / "pk" / pk_spec.name / "posterior.nc")
     save_idata(resp, run / "response" / resp_spec.name / "posterior.nc")
+
+
+def true_parameters(subjects: pd.DataFrame, data) -> dict[str, np.ndarray]:
+    """The simulator's individual parameters as (subject, chain) arrays for pk_2cmt_metab."""
+    s = subjects.set_index("ID").loc[data.subjects]
+    out = {}
+    names = {"cl_f": "clf", "vc": "vc", "q": "q", "vp": "vp", "cl_nk": "cl_nk"}
+    names |= {"v_nk": "v_nk", "fm_hnk": "fm_hnk", "cl_hnk": "cl_hnk", "v_hnk": "v_hnk"}
+    for name, col in names.items():
+        out[name] = s[[f"S_{col}", f"R_{col}"]].to_numpy(float)
+    out["cl_o"] = s[["S_cl", "R_cl"]].to_numpy(float) - out["cl_f"]
+    return out

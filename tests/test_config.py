@@ -136,8 +136,8 @@ def test_shipped_runs_keep_their_own_sampler_settings():
 
 
 def test_gate_may_be_waived_for_comparison_models_only():
+    from ketamine_pmx.checks import gate_allows
     from ketamine_pmx.config import ConfigError, load_config
-    from ketamine_pmx.inference import gate_allows
 
     cfg = load_config(None, {"gate": {"allow_failure_for": ["pk_1cmt_metab"]}})
     assert gate_allows(cfg["gate"], "pk_1cmt_metab")
@@ -194,3 +194,17 @@ def test_snakemake_refuses_such_a_results_dir_before_any_job(results_dir, tmp_pa
     assert f"results_dir: {results_dir!r}" in output and str(extra) in output
     assert "results_dir must name a folder of the run's own" in output
     assert "simulated/trial.csv" not in output  # nothing was planned
+
+
+def test_the_removed_resources_section_is_refused_with_what_to_do_instead():
+    """Rule resources are the rules' own, changed in a profile; a config that still sets them
+    is refused (not silently ignored), by both validators, saying where they go now."""
+    old = {"resources": {"fit_pk": {"threads": 2, "mem_mb": 4000, "runtime": 20}}}
+    with pytest.raises(ConfigError) as err:
+        validate_config(copy.deepcopy(old), source="my.yaml")
+    assert "resources:" in str(err.value) and "set-resources" in str(err.value)
+    with pytest.raises(Exception, match="set-resources"):
+        snakemake_validate(
+            copy.deepcopy(old), str(REPO / "workflow" / "schemas" / "config.schema.yaml")
+        )
+    assert "resources" not in validate_config({})  # no default: a run's config has none

@@ -3,31 +3,59 @@
 The key check: at random points, Stan's log density on the unconstrained scale (Jacobian
 included) and its gradient equal PyMC's ``compile_logp(jacobian=True)`` / ``compile_dlogp`` on
 a small simulated trial; the Stan convolution E(t; nodes) equals mpmath (values and gradients)
-at coincident and nearly coincident rates. Needs pystan; the first run compiles two Stan
+at coincident and nearly coincident rates. The program's data come from the benchmark's
+command line (``run_stan.py --write-data``). Needs pystan; the first run compiles two Stan
 programs (minutes; httpstan caches them under the program text).
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
+from typing import Any
+
 import mpmath as mp
 import numpy as np
 import pytest
-from conftest import REPO, load_script, make_config
+from conftest import REPO, make_config
 
 from ketamine_pmx.data import validate_frame
-from ketamine_pmx.inference import build_pk_model, prepare_pk_data
+from ketamine_pmx.models import (
+    build_pk_model,
+    censored_observations,
+    empirical_bayes_start,
+    load_pk_spec,
+    prepare_pk_data,
+    with_bsv,
+    with_parameter,
+)
 from ketamine_pmx.simulate import simulate_trial
-from ketamine_pmx.specs import load_pk_spec, with_bsv, with_parameter
 
 stan = pytest.importorskip("stan")
 pytestmark = pytest.mark.slow
 
+STAN_DIR = REPO / "benchmarks" / "stan"
+#: The Stan program of the default PK model.
+PROGRAM = STAN_DIR / "pk_2cmt_metab.stan"
 
-run_stan = load_script("benchmarks/stan/run_stan.py", "run_stan")
+
+def build(program: str, data: dict[str, Any], attempts: int = 3) -> Any:
+    """``stan.build``, retried when httpstan's stanc call runs past its hard 1-second timeout
+    (on a busy machine; pystan then fails with a JSON "TAPE_ERROR")."""
+    for attempt in range(attempts):
+        try:
+            return stan.build(program, data=data)
+        except ValueError as exc:
+            if "TAPE_ERROR" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(5.0 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")
-def models():
+def models(tmp_path_factory):
     """(PyMC model, pystan model) of pk_2cmt_metab on the smoke trial (9 subjects).
 
     The Stan program is non-centred; the PyMC model is built in the same parameterisation
@@ -42,10 +70,39 @@ def models():
     spec = with_parameter(spec, "cl_hnk", sample_per=None)
     data = prepare_pk_data(table, spec)
     assert (data.obs["BLQ"] == 1).any()  # the censored term is exercised
-    sdata = run_stan.stan_data(data, spec)
+
+    # the program's data as the benchmark writes them, for the same trial
+    path = tmp_path_factory.mktemp("stan") / "data.json"
+    command = [sys.executable, str(STAN_DIR / "run_stan.py"), "--config", "config/smoke.yaml"]
+    proc = subprocess.run(
+        [*command, "--write-data", str(path)], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    sdata = json.loads(path.read_text())
+    assert sdata["N"] == len(data.subjects)
+    np.testing.assert_array_equal(sdata["y"], censored_observations(spec, data)[0])
     assert sdata["n_dir"] > 0 and sdata["n_post"] > 0
-    stan_model, _, _ = run_stan.build_model(sdata)
-    return build_pk_model(spec, data), stan_model
+    stan_model = build(PROGRAM.read_text(encoding="utf-8"), sdata)
+    return build_pk_model(spec, data, empirical_bayes_start(spec, data)), stan_model
+
+
+def stan_values(point: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Stan's (constrained) parameter values from a PyMC point of value variables: PyMC's
+    ``<name>_log__`` of the half-normal parameters becomes ``<name>``."""
+    out = {}
+    for name, value in point.items():
+        if name.endswith("_log__"):
+            out[name.removesuffix("_log__")] = np.exp(value).tolist()
+        else:
+            out[name] = np.asarray(value).tolist()
+    return out
+
+
+def stan_functions() -> str:
+    """The program's ``functions { ... }`` block (to test the functions alone)."""
+    text = PROGRAM.read_text(encoding="utf-8")
+    start = text.index("functions {")
+    return text[start : text.index("\ndata {", start)].rstrip() + "\n"
 
 
 def random_point(initial: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
@@ -83,7 +140,7 @@ def test_stan_log_density_and_gradient_equal_pymc(models, seed):
     # The mapping of PyMC's value variables onto Stan's parameter vector (and the Jacobian
     # convention: HalfNormal <-> <lower=0>, both log-transformed) is Stan's own.
     u = stan_unconstrained(point, stan_model)
-    u_stan = np.array(stan_model.unconstrain_pars(run_stan.stan_values_from_pymc(point)))
+    u_stan = np.array(stan_model.unconstrain_pars(stan_values(point)))
     np.testing.assert_allclose(u_stan, u, rtol=1e-12, atol=1e-12)
 
     logp_pymc = float(pymc_model.compile_logp(jacobian=True)(point))
@@ -180,8 +237,8 @@ def test_stan_exp_conv_matches_mpmath(k):
     cases = e_cases(k)
     t = np.array([c[0] for c in cases])
     x = np.array([c[1] for c in cases])
-    program = run_stan.stan_functions() + E_PROGRAM_BODY
-    model = run_stan.build_program(program, {"n": len(cases), "k": k, "t": t.tolist()})
+    program = stan_functions() + E_PROGRAM_BODY
+    model = build(program, {"n": len(cases), "k": k, "t": t.tolist()})
     u = x.ravel(order="F").tolist()
     values = np.array(model.constrain_pars(u))[x.size :]
     grad = np.array(model.grad_log_prob(u)).reshape(x.shape, order="F")

@@ -30,6 +30,29 @@ def test_dry_run_shows_the_dag(tmp_path):
     assert "simulate_trial" in proc.stdout and "validate_data" in proc.stdout
 
 
+def _dry_run_resources(text: str, rule: str) -> str:
+    """The resources line of the first job of ``rule`` in ``snakemake -n`` output."""
+    block = text[text.index(f"rule {rule}:") :]
+    return re.search(r"^    resources: (.*)$", block, re.MULTILINE).group(1)
+
+
+def test_rules_ask_for_their_own_resources_and_a_profile_changes_them(tmp_path):
+    """Each rule states its resources for the default run; the smoke profile (set-resources)
+    lowers them, and names only rules of the workflow (a misspelt rule would be ignored)."""
+    from ketamine_pmx.layout import OUTPUTS
+
+    profile = REPO / "workflow" / "profiles" / "smoke"
+    plain = _snakemake(tmp_path, "-n")
+    smoke = _snakemake(tmp_path, "-n", "--workflow-profile", str(profile))
+    assert plain.returncode == 0 and smoke.returncode == 0, plain.stderr + smoke.stderr
+    assert "mem_mb=8000" in _dry_run_resources(plain.stdout, "fit_pk")
+    assert "runtime=120" in _dry_run_resources(plain.stdout, "fit_pk")
+    assert "mem_mb=4000" in _dry_run_resources(smoke.stdout, "fit_pk")
+    assert "mem_mb=2000" in _dry_run_resources(smoke.stdout, "recommend_batch")
+    overrides = yaml.safe_load((profile / "config.yaml").read_text())["set-resources"]
+    assert set(overrides) <= set(OUTPUTS)
+
+
 def test_smoke_run_writes_the_validated_dataset_and_summary(smoke_run):
     clean = pd.read_csv(smoke_run / "data" / "clean.csv", na_values=["."])
     summary = json.loads((smoke_run / "data" / "summary.json").read_text())

@@ -16,10 +16,13 @@ Usage (from the repository root)::
 
     python benchmarks/stan/run_stan.py [--config config/smoke.yaml] [--data clean.csv]
         [--spec models/pk_2cmt_metab.yaml] [--chains 4] [--draws 1000] [--tune 1000] [--seed 1]
+        [--write-data data.json]
 
-Without ``--data`` the virtual trial of ``--config`` is simulated and validated first.
-Prints compile and sampling times, the smallest bulk and tail ESS over the population
-parameters, the largest R-hat and the number of divergences, as JSON.
+Without ``--data`` the virtual trial of ``--config`` is simulated and validated first. The
+spec is sampled non-centred, as the program is written (the same posterior in other free
+variables). Prints compile and sampling times, the smallest bulk and tail ESS over the
+population parameters, the largest R-hat and the number of divergences, as JSON.
+``--write-data`` writes the program's data instead (JSON, as CmdStan reads it) and fits nothing.
 """
 
 from __future__ import annotations
@@ -36,15 +39,16 @@ import arviz as az
 import numpy as np
 import pandas as pd
 
+from ketamine_pmx.checks import population_variables
 from ketamine_pmx.contract import CYP2B6_CLASSES, DOSE_TARGETS, MOLAR_MASS_G_MOL
-from ketamine_pmx.inference import (
+from ketamine_pmx.io import write_json
+from ketamine_pmx.models import (
     CYP2B6_EFFECT_CLASSES,
     PKData,
+    PKSpec,
     censored_observations,
-    population_variables,
     prepare_pk_data,
 )
-from ketamine_pmx.specs import PKSpec
 
 #: The Stan program (its text is httpstan's cache key).
 STAN_FILE = Path(__file__).with_name("pk_2cmt_metab.stan")
@@ -87,14 +91,6 @@ SAMPLE_STATS = {
 
 def stan_program() -> str:
     return STAN_FILE.read_text(encoding="utf-8")
-
-
-def stan_functions() -> str:
-    """The program's ``functions { ... }`` block (for tests of the functions alone)."""
-    text = stan_program()
-    start = text.index("functions {")
-    end = text.index("\ndata {", start)
-    return text[start:end].rstrip() + "\n"
 
 
 def check_spec(spec: PKSpec) -> None:
@@ -262,21 +258,6 @@ def stan_data(data: PKData, spec: PKSpec) -> dict[str, Any]:
     }
     # Plain lists and ints: what pystan's JSON encoder and the Stan data block expect.
     return {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in out.items()}
-
-
-def stan_values_from_pymc(point: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Stan's (constrained) parameter values from a PyMC point of value variables.
-
-    PyMC's ``<name>_log__`` value variables of the half-normal parameters become ``<name>``;
-    everything else keeps its name and shape.
-    """
-    out = {}
-    for name, value in point.items():
-        if name.endswith("_log__"):
-            out[name[: -len("_log__")]] = np.exp(value).tolist()
-        else:
-            out[name] = np.asarray(value).tolist()
-    return out
 
 
 def initial_values(sdata: dict[str, Any], chains: int, seed: int) -> list[dict[str, Any]]:
@@ -496,7 +477,7 @@ def _load_table(args: argparse.Namespace) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from ketamine_pmx.specs import load_pk_spec
+    from ketamine_pmx.models import load_pk_spec, with_bsv
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="config/smoke.yaml", help="simulate this trial")
@@ -507,11 +488,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tune", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--target-accept", type=float, default=0.9)
+    parser.add_argument(
+        "--write-data", type=Path, metavar="JSON", help="write the program's data; fit nothing"
+    )
     args = parser.parse_args(argv)
     table = _load_table(args)
+    spec = with_bsv(load_pk_spec(args.spec), parameterisation="noncentred")
+    if args.write_data:
+        write_json(args.write_data, stan_data(prepare_pk_data(table, spec), spec))
+        return
     result = fit_stan(
         table,
-        load_pk_spec(args.spec),
+        spec,
         chains=args.chains,
         draws=args.draws,
         tune=args.tune,

@@ -20,9 +20,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import __version__
-from .config import ConfigError, load_config
-from .data import DataValidationError, load_dataset, summarise, write_outputs
+from ketamine_pmx.config import ConfigError, load_config
+from ketamine_pmx.data.validation import DataValidationError, load_dataset, summarise, write_outputs
+from ketamine_pmx.layout import CLI_RECOMMENDATIONS
+from ketamine_pmx.layout import path as layout_path
+from ketamine_pmx.meta import __version__
 
 EXIT_OK, EXIT_INVALID_DATA, EXIT_USAGE = 0, 1, 2
 
@@ -64,36 +66,38 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from .dosing import (
+    from ketamine_pmx.data.patients import load_concentrations, read_patients
+    from ketamine_pmx.dosing.decision import recommend
+    from ketamine_pmx.dosing.fits import DosingError, load_models
+    from ketamine_pmx.dosing.regimens import regimen_grid
+    from ketamine_pmx.dosing.report import (
         Caveats,
-        DosingError,
         check_output_dir,
         gate_failures,
-        load_concentrations,
-        load_models,
         patient_file_names,
-        read_patients,
-        recommend,
-        regimen_grid,
         write_recommendation,
     )
-    from .inference import FitError
-    from .io import OutputError
-    from .response import ResponseSpecError
-    from .specs import SpecError
+    from ketamine_pmx.io import OutputError
+    from ketamine_pmx.models.pk_data import FitError
+    from ketamine_pmx.models.spec import ResponseSpecError, SpecError
+    from ketamine_pmx.plots import dose_recommendation
 
-    out = args.out if args.out is not None else args.run / "dosing" / "cli"
+    out = args.out if args.out is not None else args.run / CLI_RECOMMENDATIONS
     try:
         config = load_config(args.config)
         regimen_grid(config["dosing"])
         models_dir = Path(config["models"]["dir"])
         pk_name, resp_name = config["models"]["pk"][0], config["models"]["response"][0]
-        fits = {pk_name: args.run / "pk" / pk_name, resp_name: args.run / "response" / resp_name}
+        posteriors = {
+            pk_name: args.run / layout_path("fit_pk", "posterior", pk_model=pk_name),
+            resp_name: args.run / layout_path("fit_response", "posterior", resp_model=resp_name),
+        }
+        fits = {name: posterior.parent for name, posterior in posteriors.items()}  # gate files
         paths = [
             models_dir / f"{pk_name}.yaml",
-            fits[pk_name] / "posterior.nc",
+            posteriors[pk_name],
             models_dir / f"{resp_name}.yaml",
-            fits[resp_name] / "posterior.nc",
+            posteriors[resp_name],
         ]
         for path in paths:
             if not path.is_file():
@@ -116,7 +120,13 @@ def _recommend(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        patients, warnings = read_patients(args.patients, models, config["dosing"], config["data"])
+        patients, warnings = read_patients(
+            args.patients,
+            models.needed_covariates(),
+            models.indications,
+            config["dosing"],
+            config["data"],
+        )
         conc = None
         if args.concentrations is not None:
             conc = load_concentrations(args.concentrations, patients, config["data"])
@@ -134,7 +144,9 @@ def _recommend(args: argparse.Namespace) -> int:
     figures = {"auto": None, "all": True, "none": False}[args.figures]
     names = patient_file_names(patients["ID"])
     try:
-        rec = write_recommendation(result, out, config["dosing"], caveats, names, figures)
+        rec = write_recommendation(
+            result, out, config["dosing"], caveats, names, figures, draw=dose_recommendation
+        )
     except OSError as exc:
         print(f"error: --out {out}: cannot write the outputs ({exc})", file=sys.stderr)
         return EXIT_USAGE
@@ -151,7 +163,7 @@ def _recommend(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from .simulate import ParameterFileError, simulate_trial, trial_summary
+    from ketamine_pmx.simulate.trial import ParameterFileError, simulate_trial, trial_summary
 
     overrides = {"seeds": {"simulate": args.seed}} if args.seed is not None else None
     try:
@@ -168,10 +180,13 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .io import OutputError, check_outputs
+    from ketamine_pmx.io import OutputError, check_outputs
 
     outputs = (
-        [args.out / name for name in ("clean.csv", "summary.json", "summary.md")]
+        [
+            args.out / Path(layout_path("validate_data", name)).name
+            for name in ("clean", "summary_json", "summary_md")
+        ]
         if args.out is not None
         else []
     )
@@ -208,6 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"simulate": _simulate, "validate": _validate, "recommend": _recommend}
     return handlers[args.command](args)
+
+
+__all__ = [
+    "main",
+]
 
 
 if __name__ == "__main__":

@@ -85,9 +85,18 @@ def validate_with_schema(
         lines = [f"{source}: invalid {what} ({len(errors)} problem(s)):"]
         for err in errors:
             key = ".".join(str(p) for p in err.absolute_path) or "<top level>"
-            lines.append(f"  - {key}: {err.message}")
+            lines.append(f"  - {key}: {_message(err)}")
         raise error("\n".join(lines))
     return filled
+
+
+def _message(err: jsonschema.ValidationError) -> str:
+    """The error's text; a refused (``not``) key says what its schema's description says."""
+    if err.validator == "not" and isinstance(err.validator_value, dict):
+        text = err.validator_value.get("description")
+        if text:
+            return " ".join(text.split())
+    return err.message
 
 
 def _refuse(problems: list[str], source: str) -> None:
@@ -288,6 +297,26 @@ def json_inline(value: Any) -> str:
     import json
 
     return json.dumps(value).replace("|", "\\|") if value != "" else ""
+
+
+__all__ = [
+    "INPUT_FOLDERS",
+    "INPUT_KEYS",
+    "RESULTS_DIR_RULE",
+    "SAMPLER_FAMILIES",
+    "ConfigError",
+    "check_results_dir",
+    "deep_merge",
+    "json_inline",
+    "load_config",
+    "load_schema",
+    "results_dir_problems",
+    "sampler_settings",
+    "schema_markdown",
+    "schema_path",
+    "validate_config",
+    "validate_with_schema",
+]
 
 
 if __name__ == "__main__":

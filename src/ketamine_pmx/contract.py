@@ -221,7 +221,7 @@ UNIT_FACTORS: dict[str, dict[str, float]] = {
     "conc": {"ng/mL": 1.0, "ug/L": 1.0, "mg/L": 1e3, "ug/mL": 1e3, "ng/L": 1e-3},
     "wt": {"kg": 1.0, "lb": 0.45359237, "g": 1e-3},
     "dser": {"uM": 1.0, "umol/L": 1.0, "nM": 1e-3, "nmol/L": 1e-3},
-    # 1 mmol/L Mg = 2.43 mg/dL (LITERATURE.md)
+    # 1 mmol/L Mg = 2.43 mg/dL (docs/literature.md)
     "mg": {"mmol/L": 1.0, "mg/dL": 1.0 / 2.43, "mEq/L": 0.5},
 }
 #: Molar masses (g/mol) for nM -> ng/mL conversions of concentrations.
@@ -238,3 +238,34 @@ def unit_factor(quantity: str, unit: str) -> float:
     if unit not in table:
         raise KeyError(f"unknown unit {unit!r} for {quantity}; known: {', '.join(sorted(table))}")
     return table[unit]
+
+
+__all__ = [
+    "ANALYTES",
+    "BASELINE_COVARIATES",
+    "CANONICAL_UNITS",
+    "CATEGORICAL_COVARIATES",
+    "CLEAN_COLUMNS",
+    "CONCENTRATION_ANALYTES",
+    "CORE_COLUMNS",
+    "COVARIATES",
+    "CYP2B6_CLASSES",
+    "DEFAULT_CYP2B6_MAP",
+    "DEFAULT_DOSE_CMT",
+    "DEFAULT_DVID",
+    "DEFAULT_SEX_MAP",
+    "DOSE_TARGETS",
+    "ENDPOINT_OF_INDICATION",
+    "EVID_DOSE",
+    "EVID_OBSERVATION",
+    "EVID_OTHER",
+    "INDICATIONS",
+    "MOLAR_MASS_G_MOL",
+    "NUMERIC_COLUMNS",
+    "OPTIONAL_EVENT_COLUMNS",
+    "SCORE_ANALYTES",
+    "UNIT_FACTORS",
+    "VALID_EVID",
+    "Analyte",
+    "unit_factor",
+]

@@ -190,3 +190,17 @@ def write_figure(target: str | Path, fig, dpi: int = 120) -> None:
     target = Path(target)
     with atomic_path(target) as tmp:
         fig.savefig(tmp, dpi=dpi, format=target.suffix.lstrip(".") or "png")
+
+
+__all__ = [
+    "CSV_CHUNK_ROWS",
+    "OutputError",
+    "atomic_dir",
+    "atomic_path",
+    "check_outputs",
+    "read_csv",
+    "write_csv",
+    "write_figure",
+    "write_json",
+    "write_text",
+]

@@ -10,109 +10,31 @@ L/h, time in h)::
     dA_1/dt  = r_1 k_f1 A_c     - k_1 A_1                  (metabolite 1)
     dA_j/dt  = r_j k_fj A_(j-1) - k_j A_j                  (metabolite j = 2, 3)
 
-with the micro-constants k10 = cl/vc, k12 = q/vc, k21 = q/vp, k13 = q2/vc, k31 = q2/vp2,
-k_j = cl_m_j / v_m_j, the formation rates k_f1 = cl_f_1 / vc and k_fj = cl_f_j / v_m_(j-1)
-where a metabolite's formation clearance is given either directly (``cl_f``) or as a fraction
-of its precursor's elimination clearance (``fm``: cl_f = fm * cl of the precursor, so that
-k_fj = fm_j k_(j-1) for j > 1), and r_j the mass conversion factor (molar mass of metabolite j
-over that of its precursor). ``cl`` is the parent's total clearance (cl_f_1 is part of it).
-Concentrations are C_0 = A_c / vc * 1000 and C_j = A_j / v_m_j * 1000 (ng/mL for mg and L).
-Doses: a bolus into the central compartment (``rate`` 0), a zero-order infusion into it
-(``rate`` > 0, duration amt / rate) or a bolus into the depot (first-order absorption with
-bioavailability ``f_bio``; ``f_bio`` applies to depot doses only). Doses superpose.
-
-Closed form. The parent's central unit-impulse response is ``g(t) = sum_i w_i exp(-lambda_i t)``
-(:func:`np_disposition`): lambda_i are the eigenvalues of the mammillary system (1-cmt:
-k10; 2-cmt: the quadratic's roots in a cancellation-free form; 3-cmt: the trigonometric roots
-of the cubic, each polished by one Newton step) and
-``w_i = prod_p (k_p1 - lambda_i) / prod_(l != i) (lambda_l - lambda_i)``. Eigenvalues of a
-mammillary model interlace with the k_p1, so every w_i is in (0, 1) and the w_i sum to 1: the
-sum over modes never cancels. The response of chain level j to a unit central bolus is::
+with k10 = cl/vc, k12 = q/vc, k21 = q/vp, k13 = q2/vc, k31 = q2/vp2, k_j = cl_m_j / v_m_j,
+k_f1 = cl_f_1 / vc and k_fj = cl_f_j / v_m_(j-1) (or k_fj = fm_j k_(j-1) when a formation is
+given as a fraction ``fm``), r_j the molar mass ratio of metabolite to precursor, ``cl`` the
+parent's total clearance. C_0 = A_c / vc * 1000 and C_j = A_j / v_m_j * 1000 (ng/mL). Doses
+(bolus, zero-order infusion, or depot bolus with bioavailability ``f_bio``) superpose. With
+g(t) = sum_i w_i exp(-lambda_i t) the parent's unit-impulse response (:func:`np_disposition`),
+chain level j answers a unit central bolus with::
 
     A_j(t) = C_j sum_i w_i E(t; lambda_i, k_1, ..., k_j),      C_j = prod_(l <= j) r_l k_fl
 
-where ``E(t; x_0..x_n)`` is the convolution ``exp(-x_0 t) * ... * exp(-x_n t)``, equal to
-``(-1)^n`` times the divided difference of ``f(x) = exp(-x t)`` over the nodes x_0..x_n
-(:func:`np_exp_conv`). A depot dose adds the node ka (and the factor F ka); an infusion of rate
-R running for t <= T adds the node 0 (the step response) and the factor R. After the infusion
-(t > T) the textbook ``R [G(t) - G(t - T)]`` loses about -log10(C(t)/C_ss) digits to
-cancellation in the terminal phase (values and gradients). Instead this module uses the
-divided-difference Leibniz rule, which gives a sum of positive terms::
+where E(t; x_0..x_n) = exp(-x_0 t) * ... * exp(-x_n t) (convolution) is (-1)^n times the
+divided difference of exp(-x t) over the nodes (:func:`np_exp_conv`); a depot adds the node ka,
+an infusion the node 0, and after an infusion of length T::
 
     G(t) - G(t - T) = sum_(r=0..n) E(T; 0, x_0..x_r) E(t - T; x_r..x_n)
 
-i.e. the state of each compartment of the chain at the end of the infusion, propagated. The
-end-of-infusion states depend only on the dose, so they are computed once per dose.
-
-Stable evaluation of E (values and gradients). The textbook formula
-``sum_i exp(-x_i t) / prod_(l != i) (x_l - x_i)`` divides by node gaps; its value and, worse,
-its automatic derivative lose all accuracy when two nodes are close (a metabolite's
-elimination rate near the parent's terminal rate, ka near k, the node 0 next to a slow rate).
-Here, per element (all operations are element-wise and vectorised):
-
-1. the nodes are sorted by a compare-and-swap network (``where``-based, so each input's
-   gradient flows to exactly one output, also at ties);
-2. the divided-difference table over contiguous runs x_i..x_j of the sorted nodes is built
-   by increasing run length m = j - i. A run whose scaled spread ``s = t (x_j - x_i)`` is below
-   ``TAYLOR_SPREAD`` (1/4) is evaluated by its Taylor series around its largest node::
-
-       E(t; x_i..x_j) = exp(-x_j t) t^m sum_(p >= 0) h_p(u) / (p + m)!,   u_l = (x_j - x_l) t >= 0
-
-   with h_p the complete homogeneous symmetric polynomials (built incrementally: the runs
-   ending at the same j share them). Every term is positive, so the series has no
-   cancellation, and it is a polynomial in the nodes, so its derivative is as accurate as its
-   value. ``TAYLOR_TERMS`` (11) terms give a truncation error below 2e-16 relative (the terms
-   are bounded by s^p / p!). Other runs use the recursion
-   ``E(x_i..x_j) = (E(x_i..x_(j-1)) - E(x_(i+1)..x_j)) / (x_j - x_i)``, which with s >= 1/4
-   amplifies rounding errors by a factor of order (4 m)^m at most (about 1e-13 relative for
-   the four-node runs of the ketamine chain). The threshold trades accuracy for work: a
-   threshold of 1 with 18 terms is slightly more accurate and needs a third more operations
-   per gradient;
-3. the branch is chosen with ``where`` and the untaken branch's inputs are made harmless
-   (the "double where": the Taylor branch sees u = 0 and the recursion a denominator 1), so no
-   inf or NaN leaks into the gradient from the branch that is not used;
-4. E is exactly 0 for t <= 0 (dose not yet given), with zero gradient, computed from t = 0 so
-   nothing non-finite is formed.
-
-This gives values to about 1e-15 relative and gradients to about 1e-13 relative at every node
-configuration, including exact coincidences (tests/test_pk.py checks both against mpmath at
-relative gaps 0, 1e-9, 1e-6, 1e-3); the error grows only with the conditioning of exp itself
-(about 1e-16 * x t).
-
-PyTensor implementation. The same code (:func:`_exp_conv`, written once for numpy, PyTensor
-and PyTensor *scalar* graphs) is built once per number of nodes as a scalar graph, and its
-derivatives with respect to t and to each node are obtained from it by PyTensor's automatic
-differentiation (so they inherit the double-where guards). Each is wrapped as one fused
-element-wise kernel (``Elemwise(Composite)``: a single C, numba or JAX loop), inside an
-opaque ``OpFromGraph`` whose gradient is the derivative kernel (:func:`_kernel`); the
-disposition (eigenvalues and weights) is built the same way. Written as an ordinary tensor
-graph, E and its gradient are ~10^3 element-wise nodes per node count, which PyTensor's graph
-rewriter needs minutes to compile; as kernels, the rewriter sees one node per E evaluation and
-the machine code is compiled once per machine and cached. Only element-wise scalar operations
-are used, so every backend (C, numba for nutpie, JAX) runs it; graphs pickle with cloudpickle
-(as PyMC does for parallel chains), not with plain pickle (PyTensor's ``OpFromGraph`` gradient
-holds a closure).
-
-Limitation: the mode weights w_i of 2-/3-compartment parents divide by eigenvalue gaps. For a
-mammillary model with q > 0 these gaps are bounded away from 0 unless an inter-compartmental
-clearance is tiny *and* a peripheral rate matches another mode, a degenerate corner in which
-the weight of the affected mode is itself tiny.
-
-Vectorisation. :func:`build_layout` turns dose and observation records into flat arrays, once,
-in numpy: one *term* per (observation, dose) pair with t_obs > t_dose (an observation at the
-exact time of a dose does not see it: the pre-dose/trough convention), carrying the subject
-index, the time since dose, the amount or rate and the chain level observed. Parameters are
-per-subject arrays (or scalars) gathered by subject index. The terms of the analytes sampled at
-the same time share their evaluation: all chain levels of one (subject, time since dose,
-infusion) are one element of a multi-output kernel (:func:`_chain_amounts`, one exponential per
-rate, shared by every E it needs), and each term takes its level's amount, times its dose, into
-its observation with a segment sum. That kernel's loop computes its outputs' partial
-derivatives together with the values (:func:`_multi_kernel`), so a log density with its
-gradient runs the exponentials, sorting networks, Taylor sums and recursions once, and reverse
-mode only multiplies the output gradients by the partials. The end-of-infusion states are
-computed once per distinct (subject, infusion duration): a regimen's repeated infusions share
-them. :func:`np_conc_ng_ml` (numpy) and :func:`pt_conc_ng_ml`
-(PyTensor) share one implementation, so they have identical semantics.
+a sum of positive terms (the chain's end-of-infusion state, propagated). E is evaluated without
+cancellation at every node configuration, coincident nodes included: sorted nodes, a Taylor
+series for runs of close nodes and the divided-difference recursion for the others, chosen
+with a "double where" so no inf or NaN reaches the gradient (values to about 1e-15, gradients
+to about 1e-13 relative; ``tests/test_pk.py`` checks both against mpmath). In PyTensor each E
+and its derivatives are one fused element-wise kernel, shared by every chain level of one
+(subject, time since dose, infusion), so every backend (C, numba, JAX) runs it and the graph
+compiles in seconds. :func:`np_conc_ng_ml` and :func:`pt_conc_ng_ml` share one implementation.
+The derivation, the stability argument and the kernel layout are in ``docs/pk_solutions.md``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .contract import ANALYTES, CONCENTRATION_ANALYTES, EVID_OBSERVATION, SCORE_ANALYTES
+from ketamine_pmx.contract import ANALYTES, CONCENTRATION_ANALYTES, EVID_OBSERVATION, SCORE_ANALYTES
 
 # Figures are built as matplotlib.figure.Figure objects, without pyplot: no backend is chosen
 # or needed here, so the package works headless and leaves notebook backends alone.
@@ -544,3 +544,19 @@ def dosing_trial(summary: pd.DataFrame) -> Figure:
     axes[1].set_ylim(0, 1)
     axes[0].legend(fontsize=8)
     return fig
+
+
+__all__ = [
+    "calibration",
+    "data_overview",
+    "dose_recommendation",
+    "dosing_trial",
+    "effects_forest",
+    "eta_covariates",
+    "exposure_overview",
+    "gof",
+    "loo_comparison",
+    "loo_pit",
+    "response_ppc",
+    "vpc",
+]

@@ -1,7 +1,8 @@
 """A finished run's results, for notebooks and scripts: ``results.load(run_dir)``.
 
 ``run_dir`` is the run's results directory, the config's ``results_dir`` (``results`` for the
-default config, ``results/smoke`` for the smoke run). The workflow's rules lay it out as::
+default config, ``results/smoke`` for the smoke run). The workflow's rules lay it out as
+:mod:`ketamine_pmx.layout` says, the one table of the layout that :data:`FILES` reads too::
 
     simulated/truth_*                          simulate_trial (simulated data only)
     data/clean.csv, summary.json               validate_data
@@ -26,7 +27,7 @@ as their content. Nothing is read until asked for, and each file is read once.
 
 A file that the run has not written raises :class:`ResultsError` naming it, except for
 optional files (a stage that not every run has), which give ``None``. Adding a file a new
-stage writes is one entry in :data:`FILES`.
+stage writes is one entry in :data:`FILES`, which names the rule's output in the layout.
 """
 
 from __future__ import annotations
@@ -39,20 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ketamine_pmx import layout
+
 #: Environment variable that notebooks read for the results directory.
 RESULTS_ENV = "KETAMINE_PMX_RESULTS"
 #: The workflow's stage folders; a results directory holds at least one of them.
-STAGE_DIRS = (
-    "simulated",
-    "data",
-    "pk",
-    "exposure",
-    "response",
-    "compare",
-    "effects",
-    "checks",
-    "dosing",
-)
+STAGE_DIRS = layout.STAGE_DIRS
 
 
 class ResultsError(FileNotFoundError):
@@ -60,19 +53,19 @@ class ResultsError(FileNotFoundError):
 
 
 def _read_table(path: Path) -> Any:
-    from .io import read_csv
+    from ketamine_pmx.io import read_csv
 
     return read_csv(path)
 
 
 def _read_clean(path: Path) -> Any:
-    from .data import read_clean
+    from ketamine_pmx.data.validation import read_clean
 
     return read_clean(path)
 
 
 def _read_dosing_table(path: Path) -> Any:
-    from .dosing import read_table
+    from ketamine_pmx.dosing.report import read_table
 
     return read_table(path)
 
@@ -82,21 +75,31 @@ def _read_json(path: Path) -> Any:
 
 
 def _read_pk_posterior(path: Path) -> Any:
-    from .inference import load_idata
+    from ketamine_pmx.inference.posterior_files import load_idata
 
     return load_idata(path)
 
 
 def _read_response_posterior(path: Path) -> Any:
-    from .response import load_response_idata
+    from ketamine_pmx.inference.response_fit import load_response_idata
 
     return load_response_idata(path)
 
 
 def _read_exposures(path: Path) -> Any:
-    from .exposure import load_exposures
+    from ketamine_pmx.exposure.draws import load_exposures
 
     return load_exposures(path)
+
+
+def _output_path(rule: str, output: str) -> str:
+    """The path of a rule's output in :mod:`ketamine_pmx.layout`, with its placeholder (the
+    model or the outcome: one file each) as ``{key}``."""
+    template = layout.path(rule, output)
+    names = layout.placeholders(template)
+    if len(names) > 1:
+        raise ValueError(f"{rule}.{output} ({template}): one placeholder at most")
+    return template.replace(f"{{{names[0]}}}", "{key}") if names else template
 
 
 @dataclass(frozen=True)
@@ -117,105 +120,128 @@ class ResultFile:
 FILES: dict[str, ResultFile] = {
     # posteriors and draws
     "pk": ResultFile(
-        "pk/{key}/posterior.nc", "PK posterior per PK model (InferenceData)", _read_pk_posterior
+        _output_path("fit_pk", "posterior"),
+        "PK posterior per PK model (InferenceData)",
+        _read_pk_posterior,
     ),
     "response": ResultFile(
-        "response/{key}/posterior.nc",
+        _output_path("fit_response", "posterior"),
         "response posterior per response model (InferenceData)",
         _read_response_posterior,
     ),
     "exposures": ResultFile(
-        "exposure/exposures.nc",
+        _output_path("exposures", "draws"),
         "exposure draws (chain, draw, subject, metric) of the reference PK model (xarray)",
         _read_exposures,
     ),
     # the data
-    "data": ResultFile("data/clean.csv", "the validated dataset", _read_clean),
-    "data_summary": ResultFile("data/summary.json", "the data summary (dict)", _read_json),
+    "data": ResultFile(
+        _output_path("validate_data", "clean"), "the validated dataset", _read_clean
+    ),
+    "data_summary": ResultFile(
+        _output_path("validate_data", "summary_json"), "the data summary (dict)", _read_json
+    ),
     # the simulator's truth (simulated data only)
     "truth_subjects": ResultFile(
-        "simulated/truth_subjects.csv",
+        _output_path("simulate_trial", "subjects"),
         "each simulated patient's true parameters, exposures and P(response)",
         optional=True,
     ),
     "truth_population": ResultFile(
-        "simulated/truth_population.json",
+        _output_path("simulate_trial", "population"),
         "the simulator's population values, seed and parameter file hash (dict)",
         _read_json,
         optional=True,
     ),
     # PK
     "pk_diagnostics": ResultFile(
-        "pk/{key}/diagnostics.csv", "R-hat, ESS, mean, SD, quantiles and eta shrinkage"
+        _output_path("diagnose_pk", "table"), "R-hat, ESS, mean, SD, quantiles and eta shrinkage"
     ),
-    "pk_gate": ResultFile("pk/{key}/gate.json", "diagnostic gate of each PK model", _read_json),
+    "pk_gate": ResultFile(
+        _output_path("diagnose_pk", "gate"), "diagnostic gate of each PK model", _read_json
+    ),
     "pk_gate_check": ResultFile(
-        "pk/{key}/gate_check.json",
+        _output_path("gate_pk", "check"),
         "the gate as enforced: passed, or allowed past a failure by which setting (dict)",
         _read_json,
     ),
-    "vpc": ResultFile("checks/pk/{key}/vpc.csv", "VPC and pcVPC percentiles per time bin"),
-    "vpc_summary": ResultFile(
-        "checks/pk/{key}/vpc_summary.csv", "share of observed percentiles inside their intervals"
+    "vpc": ResultFile(
+        _output_path("ppc_pk", "vpc_table"), "VPC and pcVPC percentiles per time bin"
     ),
-    "gof": ResultFile("checks/pk/{key}/gof.csv", "DV, PRED, IPRED and NPD per observation"),
-    "gof_summary": ResultFile("checks/pk/{key}/gof_summary.csv", "NPD and DV/PRED per analyte"),
+    "vpc_summary": ResultFile(
+        _output_path("ppc_pk", "vpc_summary"),
+        "share of observed percentiles inside their intervals",
+    ),
+    "gof": ResultFile(
+        _output_path("ppc_pk", "gof_table"), "DV, PRED, IPRED and NPD per observation"
+    ),
+    "gof_summary": ResultFile(_output_path("ppc_pk", "gof_summary"), "NPD and DV/PRED per analyte"),
     "eta_covariates": ResultFile(
-        "checks/pk/{key}/eta_covariates.csv", "eta shrinkage, weight slope and CYP2B6 means"
+        _output_path("ppc_pk", "eta_summary"), "eta shrinkage, weight slope and CYP2B6 means"
     ),
     # exposure and response
     "exposure_summary": ResultFile(
-        "exposure/exposure_summary.csv", "per-patient exposure medians, intervals, log mean/SD"
+        _output_path("exposures", "summary"), "per-patient exposure medians, intervals, log mean/SD"
     ),
     "response_diagnostics": ResultFile(
-        "response/{key}/diagnostics.csv", "R-hat, ESS, mean, SD, quantiles per parameter"
+        _output_path("fit_response", "diagnostics"), "R-hat, ESS, mean, SD, quantiles per parameter"
     ),
     "response_gate": ResultFile(
-        "response/{key}/gate.json", "diagnostic gate of each response model", _read_json
+        _output_path("fit_response", "gate"), "diagnostic gate of each response model", _read_json
     ),
     "response_gate_check": ResultFile(
-        "response/{key}/gate_check.json",
+        _output_path("gate_response", "check"),
         "the gate as enforced: passed, or allowed past a failure by which setting (dict)",
         _read_json,
     ),
     "comparison": ResultFile(
-        "compare/response_{key}.csv", "PSIS-LOO comparison of the response models per outcome"
+        _output_path("compare_models", "response"),
+        "PSIS-LOO comparison of the response models per outcome",
     ),
-    "comparison_pk": ResultFile("compare/pk.csv", "PSIS-LOO comparison of the PK models"),
-    "pareto_k": ResultFile("compare/pareto_k.csv", "Pareto k per model, outcome and point"),
+    "comparison_pk": ResultFile(
+        _output_path("compare_models", "pk"), "PSIS-LOO comparison of the PK models"
+    ),
+    "pareto_k": ResultFile(
+        _output_path("compare_models", "pareto_k"), "Pareto k per model, outcome and point"
+    ),
     "effects": ResultFile(
-        "effects/biomarker_effects.csv", "odds ratios and shifts per predictor and indication"
+        _output_path("biomarker_effects", "table"),
+        "odds ratios and shifts per predictor and indication",
     ),
     "recovery": ResultFile(
-        "effects/recovery.csv", "estimated against true effects (simulated data; else empty)"
+        _output_path("biomarker_effects", "recovery"),
+        "estimated against true effects (simulated data; else empty)",
     ),
     "response_groups": ResultFile(
-        "checks/response/{key}/response_groups.csv", "observed vs predicted response by group"
+        _output_path("ppc_response", "groups_table"), "observed vs predicted response by group"
     ),
     "calibration": ResultFile(
-        "checks/response/{key}/calibration.csv", "observed rate per bin of predicted P(response)"
+        _output_path("ppc_response", "calibration_table"),
+        "observed rate per bin of predicted P(response)",
     ),
-    "loo_pit": ResultFile("checks/response/{key}/loo_pit.csv", "LOO-PIT summary of % change"),
+    "loo_pit": ResultFile(
+        _output_path("ppc_response", "loo_pit_table"), "LOO-PIT summary of % change"
+    ),
     # dosing (absent from runs without response models)
     "recommendations": ResultFile(
-        "dosing/recommendations.csv",
+        _output_path("recommend_doses", "recommendations"),
         "individual dose recommendations, one row per patient",
         _read_dosing_table,
         optional=True,
     ),
     "regimens": ResultFile(
-        "dosing/regimens.csv",
+        _output_path("recommend_doses", "regimens"),
         "every candidate regimen of every patient: P(response), exposures, P(limits)",
         _read_dosing_table,
         optional=True,
     ),
     "dosing_trial": ResultFile(
-        "dosing/trial_summary.csv",
+        _output_path("dosing_trial", "summary"),
         "virtual trial: true response and exceedance, guided vs standard (simulated data)",
         optional=True,
     ),
     "dosing_trial_patients": ResultFile(
-        "dosing/trial_patients.csv",
+        _output_path("dosing_trial", "patients"),
         "virtual trial: each new patient's regimens and true outcomes (simulated data)",
         _read_dosing_table,
         optional=True,

@@ -4,7 +4,8 @@
 # As root on Debian/Ubuntu: installs slurm-wlm, slurmdbd, munge and mariadb-server (apt-get),
 # starts munged, MariaDB, slurmdbd, slurmctld and slurmd in the foreground under a scratch folder
 # (no systemd, no cgroups; in /etc only a link /etc/slurm/slurm.conf for the run), runs
-#     snakemake --profile workflow/profiles/slurm --configfile config/smoke.yaml
+#     snakemake --profile workflow/profiles/slurm --workflow-profile workflow/profiles/smoke \
+#         --configfile config/smoke.yaml
 # with its results in the scratch folder, prints what sacct recorded, and stops every daemon it
 # started (by PID) when it exits. Exit status: that of snakemake (or of the first failed step).
 # Arguments are passed on to snakemake (e.g. --until validate_data).
@@ -212,7 +213,8 @@ set +e
 (
     cd "$REPO" &&
         KETAMINE_PMX_SLURM_ACCOUNT=$ACCOUNT KETAMINE_PMX_SLURM_PARTITION=$PARTITION \
-            snakemake --profile workflow/profiles/slurm --snakefile "$REPO/Snakefile" \
+            snakemake --profile workflow/profiles/slurm \
+            --workflow-profile workflow/profiles/smoke --snakefile "$REPO/Snakefile" \
             --configfile "$REPO/config/smoke.yaml" --directory "$WORK/workflow" "$@"
 ) 2>&1 | tee "$WORK/snakemake.log"
 status=${PIPESTATUS[0]}

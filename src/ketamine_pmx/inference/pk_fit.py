@@ -1,0 +1,153 @@
+"""Fitting a population PK model: NUTS, pointwise log-likelihood, the data groups.
+
+:func:`fit_pk` builds the model of a spec and a dataset (``ketamine_pmx.models``), samples it
+with the config's sampler settings (:mod:`ketamine_pmx.inference.sampling`) and returns
+InferenceData with named dims (``subject``, ``enantiomer``, ``analyte``, ``obs``), the pointwise
+``log_likelihood`` of every observation that PSIS-LOO needs (a BLQ row's is its censored
+probability), the ``observed_data`` and the ``constant_data`` (doses, times, covariates), and
+attributes recording the spec's and the data's SHA-256, the sampler and its settings, the seed,
+the prior typical values and (in memory only) the build, compile and sampling times.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pymc as pm
+import xarray as xr
+
+from ketamine_pmx.inference.sampling import run_nuts
+from ketamine_pmx.meta import __version__
+from ketamine_pmx.models.pk_data import PKData, censored_observations, prepare_pk_data
+from ketamine_pmx.models.pk_model import build_pk_model
+from ketamine_pmx.models.spec import PKSpec
+from ketamine_pmx.models.whitening import empirical_bayes_start
+
+# --------------------------------------------------------------------------------------
+# Sampling and InferenceData
+# --------------------------------------------------------------------------------------
+
+
+def is_innovation(name: str) -> bool:
+    """Free variables that only reparameterise the subject effects (eta keeps their content)."""
+    return name.startswith(("z_", "theta_", "rho01_")) or name == "chol_eta"
+
+
+def sample_pk(
+    model: pm.Model, data: PKData, spec: PKSpec, sampler: dict[str, Any], seed: int
+) -> az.InferenceData:
+    """Sample with nutpie (default) or PyMC's NUTS; add log-likelihood and constant data."""
+    backend = sampler["backend"]
+    # Stored: everything but the innovations z and centred values theta (recoverable from eta)
+    # and the unconstrained twins of constrained variables.
+    keep = [v.name for v in (*model.free_RVs, *model.deterministics) if not is_innovation(v.name)]
+    run = run_nuts(model, sampler, seed)
+    idata = run.idata
+    full = az.InferenceData(posterior=idata.posterior)
+    full.add_groups(log_likelihood=log_likelihood(model, full))  # every free variable needed
+    # Unconstrained twins ("..._log__") and innovations are not kept (nutpie stores both).
+    idata = az.InferenceData(
+        posterior=idata.posterior[[v for v in idata.posterior.data_vars if v in keep]],
+        sample_stats=idata.sample_stats,
+        log_likelihood=full.log_likelihood,
+    )
+    _add_data_groups(idata, spec, data)
+    idata.posterior.attrs.update(
+        {
+            "model": spec.name,
+            "spec_sha256": spec.sha256,
+            "data_sha256": data.data_sha256,
+            "ketamine_pmx_version": __version__,
+            "sampler": backend,
+            "sampler_settings": json.dumps(sampler, sort_keys=True),
+            "seed": int(seed),
+            "compile_seconds": run.compile_seconds,
+            "sampling_seconds": run.sampling_seconds,
+            "tuning_leapfrog_steps": run.tuning_steps,
+        }
+    )
+    return idata
+
+
+def log_likelihood(model: pm.Model, idata: az.InferenceData) -> xr.Dataset:
+    """Pointwise log-likelihood of the observations ``y`` at every draw of ``idata``'s posterior
+    (which holds every free variable).
+
+    PyMC computes it on a copy of the model without its value transforms, and its model copies
+    refuse initial values; those only tell the sampler where to start (the joint subject
+    effects' start at their empirical Bayes estimates), so they are set aside meanwhile.
+    """
+    start = dict(model.rvs_to_initial_values)
+    model.rvs_to_initial_values.update(dict.fromkeys(start))
+    try:
+        with model:
+            return pm.compute_log_likelihood(
+                idata, var_names=["y"], extend_inferencedata=False, progressbar=False
+            )
+    finally:
+        model.rvs_to_initial_values.update(start)
+
+
+def _add_data_groups(idata: az.InferenceData, spec: PKSpec, data: PKData) -> None:
+    obs = data.obs
+    obs_coord = {"obs": np.arange(len(obs))}
+    value, _ = censored_observations(spec, data)
+    idata.add_groups(
+        observed_data=xr.Dataset({"y": ("obs", value)}, coords=obs_coord),
+        constant_data=xr.Dataset(
+            {
+                "obs_id": ("obs", obs["ID"].to_numpy()),
+                "obs_time_h": ("obs", obs["TIME"].to_numpy(float)),
+                "obs_analyte": ("obs", obs["ANALYTE"].astype(str).to_numpy()),
+                "obs_dv": ("obs", obs["DV"].to_numpy(float)),
+                "obs_blq": ("obs", obs["BLQ"].to_numpy(int)),
+                "obs_lloq": ("obs", obs["LLOQ"].to_numpy(float)),
+                "wt_kg": ("subject", data.wt),
+                "cyp2b6_class": ("subject", data.cyp_class.astype(str)),
+                "dose_id": ("dose", data.doses["ID"].to_numpy()),
+                "dose_time_h": ("dose", data.doses["TIME"].to_numpy(float)),
+                "dose_amt_mg": ("dose", data.doses["AMT"].to_numpy(float)),
+                "dose_rate_mg_h": ("dose", data.doses["RATE"].to_numpy(float)),
+                "dose_target": ("dose", data.doses["ANALYTE"].astype(str).to_numpy()),
+            },
+            coords={**obs_coord, "subject": data.subjects, "dose": np.arange(len(data.doses))},
+        ),
+    )
+
+
+def fit_pk(
+    table: pd.DataFrame, spec: PKSpec, sampler: dict[str, Any], seed: int
+) -> tuple[az.InferenceData, PKData]:
+    """Prepare data, compute the empirical Bayes start, build the model and sample it."""
+    data = prepare_pk_data(table, spec)
+    clock = time.perf_counter()
+    model = build_pk_model(spec, data, empirical_bayes_start(spec, data))
+    build_seconds = round(time.perf_counter() - clock, 3)
+    idata = sample_pk(model, data, spec, sampler, seed)
+    idata.posterior.attrs["build_seconds"] = build_seconds
+    idata.posterior.attrs["prior_typical"] = json.dumps(prior_typical(spec), sort_keys=True)
+    return idata, data
+
+
+def prior_typical(spec: PKSpec) -> dict[str, float]:
+    """The prior's typical value (its centre, natural scale) of each estimated positive
+    population parameter, named as the posterior's elements (``"log_cl_o_pop[S]"``): the scale
+    against which :func:`parameter_flags` judges a value near zero."""
+    return {
+        f"log_{name}_pop[{c}]": spec.typical(name, c)
+        for name in spec.estimated()
+        if spec.kind(name) != "fraction"
+        for c in spec.chains
+    }
+
+
+def describe(idata: az.InferenceData) -> str:
+    attrs = idata.posterior.attrs
+    return json.dumps(
+        {k: attrs.get(k) for k in ("model", "sampler", "seed", "ketamine_pmx_version")}
+    )
