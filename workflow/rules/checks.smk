@@ -1,5 +1,7 @@
 # Stage 4: posterior predictive checks. VPC and prediction-corrected VPC, goodness of fit and
-# random-effect diagnostics of every PK model, each figure with its numeric twin.
+# random-effect diagnostics of every PK model, each figure with its numeric twin; observed
+# against predicted response by group (the exposure groups by the reference response model's
+# exposure metric, the same for every model), calibration and LOO-PIT of every response model.
 
 
 rule ppc_pk:
@@ -9,48 +11,48 @@ rule ppc_pk:
         spec=get_pk_spec,
     output:
         vpc=report(
-            f"{RESULTS}/checks/pk/{{pk_model}}/vpc.png",
+            result_path("ppc_pk", "vpc"),
             caption="../report/vpc.rst",
             category="2. PK diagnostics and VPCs",
             subcategory="{pk_model}",
         ),
         pcvpc=report(
-            f"{RESULTS}/checks/pk/{{pk_model}}/pcvpc.png",
+            result_path("ppc_pk", "pcvpc"),
             caption="../report/pcvpc.rst",
             category="2. PK diagnostics and VPCs",
             subcategory="{pk_model}",
         ),
-        vpc_table=f"{RESULTS}/checks/pk/{{pk_model}}/vpc.csv",
-        vpc_summary=f"{RESULTS}/checks/pk/{{pk_model}}/vpc_summary.csv",
+        vpc_table=result_path("ppc_pk", "vpc_table"),
+        vpc_summary=result_path("ppc_pk", "vpc_summary"),
         vpc_summary_page=report(
-            f"{RESULTS}/checks/pk/{{pk_model}}/vpc_summary.html",
+            result_path("ppc_pk", "vpc_summary_page"),
             caption="../report/vpc_summary.rst",
             category="2. PK diagnostics and VPCs",
             subcategory="{pk_model}",
         ),
         gof=report(
-            f"{RESULTS}/checks/pk/{{pk_model}}/gof.png",
+            result_path("ppc_pk", "gof"),
             caption="../report/gof.rst",
             category="2. PK diagnostics and VPCs",
             subcategory="{pk_model}",
         ),
-        gof_table=f"{RESULTS}/checks/pk/{{pk_model}}/gof.csv",
-        gof_summary=f"{RESULTS}/checks/pk/{{pk_model}}/gof_summary.csv",
+        gof_table=result_path("ppc_pk", "gof_table"),
+        gof_summary=result_path("ppc_pk", "gof_summary"),
         gof_summary_page=report(
-            f"{RESULTS}/checks/pk/{{pk_model}}/gof_summary.html",
+            result_path("ppc_pk", "gof_summary_page"),
             caption="../report/gof_summary.rst",
             category="2. PK diagnostics and VPCs",
             subcategory="{pk_model}",
         ),
         etas=report(
-            f"{RESULTS}/checks/pk/{{pk_model}}/eta_covariates.png",
+            result_path("ppc_pk", "etas"),
             caption="../report/eta_covariates.rst",
             category="2. PK diagnostics and VPCs",
             subcategory="{pk_model}",
         ),
-        eta_summary=f"{RESULTS}/checks/pk/{{pk_model}}/eta_covariates.csv",
+        eta_summary=result_path("ppc_pk", "eta_summary"),
         eta_summary_page=report(
-            f"{RESULTS}/checks/pk/{{pk_model}}/eta_covariates.html",
+            result_path("ppc_pk", "eta_summary_page"),
             caption="../report/eta_covariates_table.rst",
             category="2. PK diagnostics and VPCs",
             subcategory="{pk_model}",
@@ -61,8 +63,8 @@ rule ppc_pk:
         f"{RESULTS}/benchmarks/ppc_pk/{{pk_model}}.tsv"
     threads: 1
     resources:
-        mem_mb=rule_resources("ppc_pk").get("mem_mb", 4000),
-        runtime=rule_resources("ppc_pk").get("runtime", 30),
+        mem_mb=4000,
+        runtime=30,
     params:
         config=config_for("checks", "seeds.ppc"),
     script:
@@ -73,47 +75,46 @@ rule ppc_response:
     input:
         posterior=rules.fit_response.output.posterior,
         exposures=rules.exposures.output.summary,
+        reference_spec=get_reference_response_spec,
     output:
         groups=report(
-            f"{RESULTS}/checks/response/{{resp_model}}/response_groups.png",
+            result_path("ppc_response", "groups"),
             caption="../report/response_groups.rst",
             category="6. Response checks",
             subcategory="{resp_model}",
         ),
         groups_pct=report(
-            f"{RESULTS}/checks/response/{{resp_model}}/pct_change_groups.png",
+            result_path("ppc_response", "groups_pct"),
             caption="../report/pct_change_groups.rst",
             category="6. Response checks",
             subcategory="{resp_model}",
         ),
-        groups_table=f"{RESULTS}/checks/response/{{resp_model}}/response_groups.csv",
+        groups_table=result_path("ppc_response", "groups_table"),
         groups_page=report(
-            f"{RESULTS}/checks/response/{{resp_model}}/response_groups.html",
+            result_path("ppc_response", "groups_page"),
             caption="../report/response_groups_table.rst",
             category="6. Response checks",
             subcategory="{resp_model}",
         ),
         calibration=report(
-            f"{RESULTS}/checks/response/{{resp_model}}/calibration.png",
+            result_path("ppc_response", "calibration"),
             caption="../report/calibration.rst",
             category="6. Response checks",
             subcategory="{resp_model}",
         ),
-        calibration_table=f"{RESULTS}/checks/response/{{resp_model}}/calibration.csv",
+        calibration_table=result_path("ppc_response", "calibration_table"),
         loo_pit=report(
-            f"{RESULTS}/checks/response/{{resp_model}}/loo_pit.png",
+            result_path("ppc_response", "loo_pit"),
             caption="../report/loo_pit.rst",
             category="6. Response checks",
             subcategory="{resp_model}",
         ),
-        loo_pit_table=f"{RESULTS}/checks/response/{{resp_model}}/loo_pit.csv",
+        loo_pit_table=result_path("ppc_response", "loo_pit_table"),
     log:
         f"{RESULTS}/logs/ppc_response/{{resp_model}}.log",
     threads: 1
     resources:
-        mem_mb=rule_resources("ppc_response").get("mem_mb", 2000),
-        runtime=rule_resources("ppc_response").get("runtime", 10),
-    params:
-        metric="AUC_HNK",
+        mem_mb=2000,
+        runtime=10,
     script:
         "../scripts/ppc_response.py"

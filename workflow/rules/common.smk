@@ -1,9 +1,10 @@
-# Input logic shared by all stages: config validation, paths, resources, input functions.
+# Input logic shared by all stages: config validation, paths, input functions.
 import os
 
 from snakemake.utils import validate
 
 from ketamine_pmx.config import ConfigError, check_results_dir, sampler_settings
+from ketamine_pmx.layout import path as layout_path
 
 validate(config, schema="../schemas/config.schema.yaml")
 try:  # before any job: a results_dir that would write over the project's inputs
@@ -18,16 +19,18 @@ except ConfigError as exc:
 RESULTS = config["results_dir"]
 
 
+def result_path(rule, output, **fill):
+    """Where ``rule`` writes ``output``: the results directory, then the output's path in
+    ketamine_pmx.layout (the one table of the results layout, which ketamine_pmx.results and
+    the CLI read too), with the placeholders in ``fill`` filled in."""
+    return f"{RESULTS}/{layout_path(rule, output, **fill)}"
+
+
 def repo_path(path):
     """A config path as given if it exists from the working directory, else from the workflow."""
     if os.path.isabs(path) or os.path.exists(path):
         return path
     return os.path.join(workflow.basedir, path)
-
-
-def rule_resources(name):
-    """threads, mem_mb and runtime of a rule, from config resources."""
-    return config["resources"].get(name, {})
 
 
 def config_for(*sections):
@@ -68,12 +71,18 @@ wildcard_constraints:
 
 REFERENCE_PK = config["models"]["pk"][0]
 
+# The gate's thresholds (config gate less allow_failure*): what diagnose_pk and fit_response
+# compute the gate and flags from. Whether a failure may pass is the gate rules' business, so
+# changing it reruns only them.
+GATE_THRESHOLDS = {
+    k: v for k, v in config["gate"].items() if not k.startswith("allow_failure")
+}
 
-def get_pk_spec(wildcards):
-    """The specification file of a PK model."""
-    return repo_path(
-        os.path.join(config["models"]["dir"], f"{wildcards.pk_model}.yaml")
-    )
+
+def get_pk_spec(wildcards_or_name):
+    """The specification file of a PK model (wildcards or a model name)."""
+    name = getattr(wildcards_or_name, "pk_model", wildcards_or_name)
+    return repo_path(os.path.join(config["models"]["dir"], f"{name}.yaml"))
 
 
 def get_pk_outputs():
@@ -131,18 +140,31 @@ def get_response_outputs():
     ]
 
 
+def get_reference_pk(wildcards=None):
+    """Spec, posterior and enforced gate (gate check) of the reference PK model."""
+    (posterior,) = expand(rules.fit_pk.output.posterior, pk_model=REFERENCE_PK)
+    (gate,) = expand(rules.gate_pk.output.check, pk_model=REFERENCE_PK)
+    return {"spec": get_pk_spec(REFERENCE_PK), "posterior": posterior, "gate": gate}
+
+
+def get_reference_response_spec(wildcards=None):
+    """The specification file of the reference response model (the first of models.response)."""
+    return get_response_spec(config["models"]["response"][0])
+
+
 def get_reference_fits(wildcards=None):
     """Specs, posteriors and enforced gates (gate checks) of the reference PK and response models."""
     ref_resp = config["models"]["response"][0]
+    (posterior,) = expand(rules.fit_response.output.posterior, resp_model=ref_resp)
+    (gate,) = expand(rules.gate_response.output.check, resp_model=ref_resp)
+    pk = get_reference_pk()
     return {
-        "pk_spec": repo_path(
-            os.path.join(config["models"]["dir"], f"{REFERENCE_PK}.yaml")
-        ),
-        "pk": f"{RESULTS}/pk/{REFERENCE_PK}/posterior.nc",
-        "pk_gate": f"{RESULTS}/pk/{REFERENCE_PK}/gate_check.json",
-        "response_spec": get_response_spec(ref_resp),
-        "response": f"{RESULTS}/response/{ref_resp}/posterior.nc",
-        "response_gate": f"{RESULTS}/response/{ref_resp}/gate_check.json",
+        "pk_spec": pk["spec"],
+        "pk": pk["posterior"],
+        "pk_gate": pk["gate"],
+        "response_spec": get_reference_response_spec(),
+        "response": posterior,
+        "response_gate": gate,
     }
 
 

@@ -6,17 +6,17 @@ rule simulate_trial:
     input:
         parameters=repo_path(config["simulation"]["parameters"]),
     output:
-        data=f"{RESULTS}/simulated/trial.csv",
-        subjects=f"{RESULTS}/simulated/truth_subjects.csv",
-        population=f"{RESULTS}/simulated/truth_population.json",
+        data=result_path("simulate_trial", "data"),
+        subjects=result_path("simulate_trial", "subjects"),
+        population=result_path("simulate_trial", "population"),
     log:
         f"{RESULTS}/logs/simulate_trial.log",
     benchmark:
         f"{RESULTS}/benchmarks/simulate_trial.tsv"
-    threads: rule_resources("simulate_trial").get("threads", 1)
+    threads: 1
     resources:
-        mem_mb=rule_resources("simulate_trial").get("mem_mb", 2000),
-        runtime=rule_resources("simulate_trial").get("runtime", 30),
+        mem_mb=2000,
+        runtime=30,
     params:
         config=config_for("simulation", "seeds.simulate", "data"),
     script:
@@ -27,25 +27,25 @@ rule validate_data:
     input:
         data=get_dataset,
     output:
-        clean=f"{RESULTS}/data/clean.csv",
-        summary_json=f"{RESULTS}/data/summary.json",
-        summary_md=f"{RESULTS}/data/summary.md",
+        clean=result_path("validate_data", "clean"),
+        summary_json=result_path("validate_data", "summary_json"),
+        summary_md=result_path("validate_data", "summary_md"),
         summary_page=report(
-            f"{RESULTS}/data/summary.html",
+            result_path("validate_data", "summary_page"),
             caption="../report/data_summary.rst",
             category="1. Data summary",
         ),
         overview=report(
-            f"{RESULTS}/data/overview.png",
+            result_path("validate_data", "overview"),
             caption="../report/data_overview.rst",
             category="1. Data summary",
         ),
     log:
         f"{RESULTS}/logs/validate_data.log",
-    threads: rule_resources("validate_data").get("threads", 1)
+    threads: 1
     resources:
-        mem_mb=rule_resources("validate_data").get("mem_mb", 2000),
-        runtime=rule_resources("validate_data").get("runtime", 10),
+        mem_mb=2000,
+        runtime=10,
     params:
         config=config_for("data"),
     script:

@@ -10,15 +10,15 @@ rule recommend_batch:
         patients=repo_path(config["dosing"]["patients"]),
         concentrations=get_concentrations,
     output:
-        temp(directory(f"{RESULTS}/dosing/batches/{{batch}}")),
+        batch=temp(directory(result_path("recommend_batch", "batch"))),
     log:
         f"{RESULTS}/logs/dosing/batch_{{batch}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/dosing/batch_{{batch}}.tsv"
     threads: 1
     resources:
-        mem_mb=rule_resources("recommend_doses").get("mem_mb", 4000),
-        runtime=rule_resources("recommend_doses").get("runtime", 30),
+        mem_mb=4000,
+        runtime=30,
     params:
         config=config_for("dosing", "response", "data", "seeds"),
     script:
@@ -28,16 +28,16 @@ rule recommend_batch:
 rule recommend_doses:
     input:
         batches=expand(
-            f"{RESULTS}/dosing/batches/{{batch}}",
+            rules.recommend_batch.output.batch,
             batch=range(config["dosing"]["batches"]),
         ),
     output:
-        recommendations=f"{RESULTS}/dosing/recommendations.csv",
-        regimens=f"{RESULTS}/dosing/regimens.csv",
-        summary=f"{RESULTS}/dosing/summary.md",
-        notes=f"{RESULTS}/dosing/notes.json",
+        recommendations=result_path("recommend_doses", "recommendations"),
+        regimens=result_path("recommend_doses", "regimens"),
+        summary=result_path("recommend_doses", "summary"),
+        notes=result_path("recommend_doses", "notes"),
         patients=report(
-            directory(f"{RESULTS}/dosing/patients"),
+            directory(result_path("recommend_doses", "patients")),
             patterns=["{name}.png"],
             caption="../report/dose_curves.rst",
             category="7. Dosing",
@@ -58,10 +58,10 @@ rule dosing_trial:
         unpack(get_reference_fits),
         truth=rules.simulate_trial.output.population,
     output:
-        patients=f"{RESULTS}/dosing/trial_patients.csv",
-        summary=f"{RESULTS}/dosing/trial_summary.csv",
+        patients=result_path("dosing_trial", "patients"),
+        summary=result_path("dosing_trial", "summary"),
         figure=report(
-            f"{RESULTS}/dosing/trial.png",
+            result_path("dosing_trial", "figure"),
             caption="../report/dosing_trial.rst",
             category="7. Dosing",
         ),
@@ -71,8 +71,8 @@ rule dosing_trial:
         f"{RESULTS}/benchmarks/dosing/dosing_trial.tsv"
     threads: 1
     resources:
-        mem_mb=rule_resources("dosing_trial").get("mem_mb", 4000),
-        runtime=rule_resources("dosing_trial").get("runtime", 30),
+        mem_mb=4000,
+        runtime=30,
     params:
         config=config_for("dosing", "response", "data", "seeds", "simulation"),
     script:

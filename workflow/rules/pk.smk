@@ -3,28 +3,21 @@
 # diagnostics (R-hat, ESS, divergences, E-BFMI): gate_pk stops the run unless the config allows
 # the failure, and writes the gate check the later stages require and the report's page.
 
-# The gate's thresholds (config gate less allow_failure*): what diagnose_pk and fit_response
-# compute the gate and flags from. Whether a failure may pass is the gate rules' business, so
-# changing it reruns only them.
-GATE_THRESHOLDS = {
-    k: v for k, v in config["gate"].items() if not k.startswith("allow_failure")
-}
-
 
 rule fit_pk:
     input:
         data=rules.validate_data.output.clean,
         spec=get_pk_spec,
     output:
-        posterior=f"{RESULTS}/pk/{{pk_model}}/posterior.nc",
+        posterior=result_path("fit_pk", "posterior"),
     log:
         f"{RESULTS}/logs/fit_pk/{{pk_model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/fit_pk/{{pk_model}}.tsv"
     threads: config["sampler"]["cores"]
     resources:
-        mem_mb=rule_resources("fit_pk").get("mem_mb", 8000),
-        runtime=rule_resources("fit_pk").get("runtime", 120),
+        mem_mb=8000,
+        runtime=120,
     params:
         sampler=sampler_settings(config, "pk"),
         seed=config["seeds"]["fit_pk"],
@@ -36,14 +29,14 @@ rule diagnose_pk:
     input:
         posterior=rules.fit_pk.output.posterior,
     output:
-        table=f"{RESULTS}/pk/{{pk_model}}/diagnostics.csv",
-        gate=f"{RESULTS}/pk/{{pk_model}}/gate.json",
+        table=result_path("diagnose_pk", "table"),
+        gate=result_path("diagnose_pk", "gate"),
     log:
         f"{RESULTS}/logs/diagnose_pk/{{pk_model}}.log",
     threads: 1
     resources:
-        mem_mb=rule_resources("diagnose_pk").get("mem_mb", 4000),
-        runtime=rule_resources("diagnose_pk").get("runtime", 10),
+        mem_mb=4000,
+        runtime=10,
     params:
         gate=GATE_THRESHOLDS,
     script:
@@ -55,9 +48,9 @@ rule gate_pk:
         table=rules.diagnose_pk.output.table,
         gate=rules.diagnose_pk.output.gate,
     output:
-        check=f"{RESULTS}/pk/{{pk_model}}/gate_check.json",
+        check=result_path("gate_pk", "check"),
         page=report(
-            f"{RESULTS}/pk/{{pk_model}}/diagnostics.html",
+            result_path("gate_pk", "page"),
             caption="../report/pk_diagnostics.rst",
             category="2. PK diagnostics and VPCs",
             subcategory="{pk_model}",

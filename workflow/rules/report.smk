@@ -11,12 +11,12 @@ rule dosing_pages:
         gates=get_reference_gates,
     output:
         recommendations=report(
-            f"{RESULTS}/dosing/recommendations.html",
+            result_path("dosing_pages", "recommendations"),
             caption="../report/recommendations.rst",
             category="7. Dosing",
         ),
         summary=report(
-            f"{RESULTS}/dosing/summary.html",
+            result_path("dosing_pages", "summary"),
             caption="../report/recommendations_summary.rst",
             category="7. Dosing",
         ),
@@ -42,7 +42,7 @@ rule trial_page:
         gates=get_reference_gates,
     output:
         summary=report(
-            f"{RESULTS}/dosing/trial_summary.html",
+            result_path("trial_page", "summary"),
             caption="../report/dosing_trial.rst",
             category="7. Dosing",
         ),

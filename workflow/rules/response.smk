@@ -6,20 +6,18 @@
 
 rule exposures:
     input:
+        unpack(get_reference_pk),
         data=rules.validate_data.output.clean,
-        posterior=f"{RESULTS}/pk/{REFERENCE_PK}/posterior.nc",
-        gate=f"{RESULTS}/pk/{REFERENCE_PK}/gate_check.json",
-        spec=repo_path(os.path.join(config["models"]["dir"], f"{REFERENCE_PK}.yaml")),
     output:
-        draws=f"{RESULTS}/exposure/exposures.nc",
-        summary=f"{RESULTS}/exposure/exposure_summary.csv",
+        draws=result_path("exposures", "draws"),
+        summary=result_path("exposures", "summary"),
         summary_page=report(
-            f"{RESULTS}/exposure/exposure_summary.html",
+            result_path("exposures", "summary_page"),
             caption="../report/exposure_summary.rst",
             category="3. Exposures",
         ),
         figure=report(
-            f"{RESULTS}/exposure/exposures.png",
+            result_path("exposures", "figure"),
             caption="../report/exposure_plot.rst",
             category="3. Exposures",
         ),
@@ -27,10 +25,10 @@ rule exposures:
         f"{RESULTS}/logs/exposures.log",
     benchmark:
         f"{RESULTS}/benchmarks/exposures.tsv"
-    threads: rule_resources("exposures").get("threads", 1)
+    threads: 1
     resources:
-        mem_mb=rule_resources("exposures").get("mem_mb", 4000),
-        runtime=rule_resources("exposures").get("runtime", 30),
+        mem_mb=4000,
+        runtime=30,
     params:
         config=config_for("response", "exposures"),
     script:
@@ -43,17 +41,17 @@ rule fit_response:
         exposures=rules.exposures.output.summary,
         spec=get_response_spec,
     output:
-        posterior=f"{RESULTS}/response/{{resp_model}}/posterior.nc",
-        diagnostics=f"{RESULTS}/response/{{resp_model}}/diagnostics.csv",
-        gate=f"{RESULTS}/response/{{resp_model}}/gate.json",
+        posterior=result_path("fit_response", "posterior"),
+        diagnostics=result_path("fit_response", "diagnostics"),
+        gate=result_path("fit_response", "gate"),
     log:
         f"{RESULTS}/logs/fit_response/{{resp_model}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/fit_response/{{resp_model}}.tsv"
     threads: config["sampler"]["cores"]
     resources:
-        mem_mb=rule_resources("fit_response").get("mem_mb", 4000),
-        runtime=rule_resources("fit_response").get("runtime", 30),
+        mem_mb=4000,
+        runtime=30,
     params:
         config={**config_for("response", "seeds.fit_response"), "gate": GATE_THRESHOLDS},
         sampler=sampler_settings(config, "response"),
@@ -66,9 +64,9 @@ rule gate_response:
         table=rules.fit_response.output.diagnostics,
         gate=rules.fit_response.output.gate,
     output:
-        check=f"{RESULTS}/response/{{resp_model}}/gate_check.json",
+        check=result_path("gate_response", "check"),
         page=report(
-            f"{RESULTS}/response/{{resp_model}}/diagnostics.html",
+            result_path("gate_response", "page"),
             caption="../report/response_diagnostics.rst",
             category="6. Response checks",
             subcategory="{resp_model}",
@@ -95,41 +93,39 @@ rule compare_models:
             resp_model=config["models"]["response"],
         ),
         response_specs=[get_response_spec(m) for m in config["models"]["response"]],
-        pk=expand(
-            f"{RESULTS}/pk/{{pk_model}}/posterior.nc", pk_model=config["models"]["pk"]
-        ),
+        pk=expand(rules.fit_pk.output.posterior, pk_model=config["models"]["pk"]),
     output:
-        responder=f"{RESULTS}/compare/response_responder.csv",
+        responder=result_path("compare_models", "response", outcome="responder"),
         responder_page=report(
-            f"{RESULTS}/compare/response_responder.html",
+            result_path("compare_models", "response_page", outcome="responder"),
             caption="../report/compare_table.rst",
             category="4. Model comparison",
         ),
-        pct_change=f"{RESULTS}/compare/response_pct_change.csv",
+        pct_change=result_path("compare_models", "response", outcome="pct_change"),
         pct_change_page=report(
-            f"{RESULTS}/compare/response_pct_change.html",
+            result_path("compare_models", "response_page", outcome="pct_change"),
             caption="../report/compare_table.rst",
             category="4. Model comparison",
         ),
-        pk=f"{RESULTS}/compare/pk.csv",
+        pk=result_path("compare_models", "pk"),
         pk_page=report(
-            f"{RESULTS}/compare/pk.html",
+            result_path("compare_models", "pk_page"),
             caption="../report/compare_pk.rst",
             category="4. Model comparison",
         ),
-        pareto_k=f"{RESULTS}/compare/pareto_k.csv",
+        pareto_k=result_path("compare_models", "pareto_k"),
         figure_responder=report(
-            f"{RESULTS}/compare/response_responder.png",
+            result_path("compare_models", "figure_response", outcome="responder"),
             caption="../report/compare_plot.rst",
             category="4. Model comparison",
         ),
         figure_pct_change=report(
-            f"{RESULTS}/compare/response_pct_change.png",
+            result_path("compare_models", "figure_response", outcome="pct_change"),
             caption="../report/compare_plot.rst",
             category="4. Model comparison",
         ),
         figure_pk=report(
-            f"{RESULTS}/compare/pk.png",
+            result_path("compare_models", "figure_pk"),
             caption="../report/compare_plot.rst",
             category="4. Model comparison",
         ),
@@ -139,8 +135,8 @@ rule compare_models:
         f"{RESULTS}/benchmarks/compare_models.tsv"
     threads: config["sampler"]["cores"]
     resources:
-        mem_mb=rule_resources("compare_models").get("mem_mb", 8000),
-        runtime=rule_resources("compare_models").get("runtime", 60),
+        mem_mb=8000,
+        runtime=60,
     params:
         config=config_for("response", "seeds.fit_response", "comparison", "models"),
         sampler=sampler_settings(config, "response"),
@@ -158,25 +154,25 @@ rule biomarker_effects:
         truth=get_truth_population,
         truth_subjects=get_truth_subjects,
     output:
-        table=f"{RESULTS}/effects/biomarker_effects.csv",
+        table=result_path("biomarker_effects", "table"),
         table_page=report(
-            f"{RESULTS}/effects/biomarker_effects.html",
+            result_path("biomarker_effects", "table_page"),
             caption="../report/biomarker_effects.rst",
             category="5. Biomarker effects",
         ),
         forest_responder=report(
-            f"{RESULTS}/effects/forest_responder.png",
+            result_path("biomarker_effects", "forest", outcome="responder"),
             caption="../report/forest.rst",
             category="5. Biomarker effects",
         ),
         forest_pct_change=report(
-            f"{RESULTS}/effects/forest_pct_change.png",
+            result_path("biomarker_effects", "forest", outcome="pct_change"),
             caption="../report/forest.rst",
             category="5. Biomarker effects",
         ),
-        recovery=f"{RESULTS}/effects/recovery.csv",
+        recovery=result_path("biomarker_effects", "recovery"),
         recovery_page=report(
-            f"{RESULTS}/effects/recovery.html",
+            result_path("biomarker_effects", "recovery_page"),
             caption="../report/recovery.rst",
             category="5. Biomarker effects",
         ),
@@ -184,8 +180,8 @@ rule biomarker_effects:
         f"{RESULTS}/logs/biomarker_effects.log",
     threads: 1
     resources:
-        mem_mb=rule_resources("biomarker_effects").get("mem_mb", 2000),
-        runtime=rule_resources("biomarker_effects").get("runtime", 10),
+        mem_mb=2000,
+        runtime=10,
     params:
         models=config["models"]["response"],
     script:

@@ -5,15 +5,13 @@ import sys
 
 import pandas as pd
 
+from ketamine_pmx.checks import effects_vs_truth
+from ketamine_pmx.inference import load_response_idata
 from ketamine_pmx.io import write_csv, write_figure, write_text
+from ketamine_pmx.models import load_response_spec
 from ketamine_pmx.pages import table_page
 from ketamine_pmx.plots import effects_forest
-from ketamine_pmx.response import (
-    effects_table,
-    effects_vs_truth,
-    load_response_idata,
-    load_response_spec,
-)
+from ketamine_pmx.response import effects_table
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 

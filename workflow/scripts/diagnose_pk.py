@@ -4,7 +4,8 @@ Written whatever the gate says: rule gate_pk enforces it, so a failed gate keeps
 
 import sys
 
-from ketamine_pmx.inference import diagnose, gate_message, gate_notes, load_idata
+from ketamine_pmx.checks import diagnose, gate_message, gate_notes
+from ketamine_pmx.inference import load_idata
 
 log = open(snakemake.log[0], "w", buffering=1)
 sys.stderr = log

@@ -2,13 +2,13 @@
 
 import sys
 
-from ketamine_pmx.data import read_clean
+from ketamine_pmx.data import read_clean, subject_strata
 from ketamine_pmx.exposure import exposure_draws, save_exposures, summarise_exposures
 from ketamine_pmx.inference import load_idata
 from ketamine_pmx.io import write_csv, write_figure, write_text
+from ketamine_pmx.models import load_pk_spec
 from ketamine_pmx.pages import table_page
 from ketamine_pmx.plots import exposure_overview
-from ketamine_pmx.specs import load_pk_spec
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
@@ -33,9 +33,7 @@ write_text(
         summary, f"Exposures per patient ({spec.name}): median, 90% interval", float_format="%.4g"
     ),
 )
-groups = table.groupby("ID")["ARM"].first()
-if groups.isna().all():
-    groups = table.groupby("ID")["INDICATION"].first()
+groups = subject_strata(table)
 metrics = [m for m in ("AUC_KET", "AUC_NK", "AUC_HNK", "CMAX_KET") if m in ds["metric"]]
 write_figure(snakemake.output.figure, exposure_overview(summary, groups, metrics))
 print(

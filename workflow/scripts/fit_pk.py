@@ -4,7 +4,7 @@ import sys
 
 from ketamine_pmx.data import read_clean
 from ketamine_pmx.inference import fit_pk, run_timings, save_idata
-from ketamine_pmx.specs import load_pk_spec
+from ketamine_pmx.models import load_pk_spec
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 

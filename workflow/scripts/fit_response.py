@@ -7,10 +7,10 @@ import sys
 
 import pandas as pd
 
-from ketamine_pmx.data import read_clean
-from ketamine_pmx.inference import diagnose, gate_message, run_timings, save_idata
-from ketamine_pmx.outcomes import outcome_table
-from ketamine_pmx.response import fit_response, load_response_spec
+from ketamine_pmx.checks import diagnose, gate_message
+from ketamine_pmx.data import outcome_table, read_clean
+from ketamine_pmx.inference import fit_response, run_timings, save_idata
+from ketamine_pmx.models import load_response_spec
 
 log = open(snakemake.log[0], "w", buffering=1)
 sys.stderr = log

@@ -5,12 +5,12 @@ import sys
 import pandas as pd
 
 from ketamine_pmx import checks
-from ketamine_pmx.data import read_clean
-from ketamine_pmx.inference import load_idata, prepare_pk_data
+from ketamine_pmx.data import read_clean, subject_strata
+from ketamine_pmx.inference import load_idata
 from ketamine_pmx.io import write_csv, write_figure, write_text
+from ketamine_pmx.models import load_pk_spec, prepare_pk_data
 from ketamine_pmx.pages import table_page
 from ketamine_pmx.plots import eta_covariates, gof, vpc
-from ketamine_pmx.specs import load_pk_spec
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
@@ -20,9 +20,7 @@ spec = load_pk_spec(snakemake.input.spec)
 idata = load_idata(snakemake.input.posterior, spec)
 table = read_clean(snakemake.input.data)
 data = prepare_pk_data(table, spec)
-strata = table.groupby("ID")["ARM"].first()
-if strata.isna().all():
-    strata = table.groupby("ID")["INDICATION"].first()
+strata = subject_strata(table)
 reps = checks.simulate_replicates(spec, idata, data, ck["replicates"], cfg["seeds"]["ppc"])
 tables = [
     checks.vpc_table(data, reps, strata, pc, ck["bin_gap"], ck["min_bin_obs"])

@@ -4,19 +4,18 @@ whether figures are drawn are decided on the whole file, so the batches gather w
 
 import sys
 
-from ketamine_pmx.data import DataValidationError
+from ketamine_pmx.data import DataValidationError, load_concentrations, read_patients
 from ketamine_pmx.dosing import (
     FIGURES_AUTO_MAX,
     Caveats,
     gate_failures,
-    load_concentrations,
     load_models,
     patient_batch,
     patient_file_names,
-    read_patients,
     recommend,
     write_recommendation,
 )
+from ketamine_pmx.plots import dose_recommendation
 
 sys.stderr = open(snakemake.log[0], "w", buffering=1)
 
@@ -29,7 +28,13 @@ models = load_models(
     cfg["response"]["endpoints"],
 )
 try:
-    patients, warnings = read_patients(snakemake.input.patients, models, cfg["dosing"], cfg["data"])
+    patients, warnings = read_patients(
+        snakemake.input.patients,
+        models.needed_covariates(),
+        models.indications,
+        cfg["dosing"],
+        cfg["data"],
+    )
     conc = None
     if snakemake.input.concentrations:
         conc = load_concentrations(snakemake.input.concentrations, patients, cfg["data"])
@@ -54,11 +59,12 @@ if conc is not None:
 result = recommend(models, sub, cfg["dosing"], cfg["seeds"]["dosing"], conc)
 write_recommendation(
     result,
-    snakemake.output[0],
+    snakemake.output.batch,
     cfg["dosing"],
     caveats,
     names=patient_file_names(patients["ID"]),
     figures=len(patients) <= FIGURES_AUTO_MAX,
+    draw=dose_recommendation,
 )
 print(result.recommendations.to_string(), file=sys.stderr)
 for note in result.notes:
