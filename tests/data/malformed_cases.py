@@ -81,6 +81,17 @@ def rename_column(old: str, new: str) -> Mutation:
     return mutate
 
 
+def copy_column(source: str, new: str) -> Mutation:
+    """Add a column ``new`` (a copy of ``source``) right after ``source``."""
+
+    def mutate(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+        out = frame.copy()
+        out.insert(out.columns.get_loc(source) + 1, new, out[source])
+        return out, 1
+
+    return mutate
+
+
 def drop_columns(*names: str) -> Mutation:
     def mutate(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         return frame.drop(columns=list(names)), 1
@@ -116,8 +127,9 @@ def last_row_of_subject_earlier(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]
     return out, i + 2
 
 
-def duplicate_row(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    i = middle_row_of_first_subject(frame)
+def duplicate_row(frame: pd.DataFrame, i: int | None = None) -> tuple[pd.DataFrame, int]:
+    """Row ``i`` (by default the middle row of subject 1) written twice, one below the other."""
+    i = middle_row_of_first_subject(frame) if i is None else i
     out = pd.concat([frame.loc[:i], frame.loc[[i]], frame.loc[i + 1 :]], ignore_index=True)
     return out, i + 3  # the copy, right below the original
 
@@ -203,6 +215,22 @@ COLUMN_CASES: list[Case] = [
         "SUBJECT",
         data_cfg={"columns": {"ID": "SUBJECT"}},
         message="SUBJECT",
+    ),
+    Case(
+        "column-map-beside-file-column",
+        copy_column("WT", "LBM"),
+        "column-map-conflict",
+        "WT",
+        data_cfg={"columns": {"WT": "LBM"}},
+        message="the file has a column WT and also 'LBM'",
+    ),
+    Case(
+        "column-map-one-file-column-twice",
+        lambda f: (f.rename(columns={"WT": "BW"}).drop(columns=["AGE"]), 1),
+        "column-map-conflict",
+        "BW",
+        data_cfg={"columns": {"WT": "BW", "AGE": "BW"}},
+        message="to the same file column 'BW'",
     ),
     Case("column-duplicate", rename_column("AGE", "WT"), "column-duplicate", "WT"),
     Case(
@@ -404,6 +432,20 @@ RELATIONAL_CASES: list[Case] = [
     Case("STUDY-changes", set_value("STUDY", "OTHER-STUDY", middle), "covariate-constant", "STUDY"),
     Case("ARM-changes", set_value("ARM", "OTHER-ARM", middle), "covariate-constant", "ARM"),
     Case("duplicate-record", duplicate_row, "duplicate-record", "ID"),
+    Case(
+        "duplicate-observation-record",
+        lambda f: duplicate_row(f, obs_row(f)),
+        "duplicate-record",
+        "ID",
+        message="every field equal",
+    ),
+    Case(
+        "duplicate-dose-record",
+        lambda f: duplicate_row(f, dose_row(f)),
+        "duplicate-record",
+        "ID",
+        message="duplicate dose record",
+    ),
     Case("observations-without-dose", drop_doses_of_subject, "no-dose", "EVID"),
     Case(
         "dose-after-all-concentrations",

@@ -127,3 +127,40 @@ def test_dur_instead_of_rate(base, clean, tmp_path):
     path = write_frame(frame, tmp_path / "dur.csv")
     validated = load_dataset(path, make_config()["data"])
     pd.testing.assert_frame_equal(validated.table, clean.table, check_exact=False, rtol=1e-9)
+
+
+def test_column_map_beside_a_file_column_is_refused_with_the_other_problems(base, tmp_path, capsys):
+    """``data.columns: {WT: LBM}`` on a file that also has WT: a message, never a traceback,
+    reported with the file's other header problems."""
+    frame = base.assign(LBM=base["WT"]).drop(columns=["AMT"])
+    path = write_frame(frame, tmp_path / "wt_and_lbm.csv")
+    data_cfg = {"columns": {"WT": "LBM"}}
+    problems = problems_of(path, make_config(data_cfg)["data"])
+    (conflict,) = find(problems, "column-map-conflict", "WT")
+    assert "'LBM'" in conflict.message and "drop or rename one of them" in conflict.message
+    assert "remove WT from data.columns" in conflict.message
+    assert {p.column for p in find(problems, "column-required")} == {"AMT"}
+
+    code, _out, err = run_cli(["validate", str(path), *config_file(tmp_path, data_cfg)], capsys)
+    assert code == 1
+    assert "Traceback" not in err and conflict.format(str(path)) in err
+
+
+def test_column_map_to_an_absent_column_names_the_file_column_of_that_name(base, tmp_path):
+    path = write_frame(base, tmp_path / "no_lbm.csv")
+    (problem,) = problems_of(path, make_config({"columns": {"WT": "LBM"}})["data"])
+    assert (problem.rule, problem.column) == ("column-required", "LBM")
+    assert "the file has a column WT: remove WT from data.columns" in problem.message
+
+    path = write_frame(base.rename(columns={"ID": "SUBJECT"}), tmp_path / "subject.csv")
+    problems = problems_of(path, make_config({"columns": {"ID": "SUBJ"}})["data"])
+    (problem,) = find(problems, "column-required", "SUBJ")
+    assert problem.message.endswith("which is not in the file; did you mean 'SUBJECT'?")
+
+
+def test_column_map_may_swap_two_file_columns(base, clean, tmp_path):
+    """Renames are simultaneous: a file whose WT and AGE headers are swapped loads with
+    ``{WT: AGE, AGE: WT}``."""
+    path = write_frame(base.rename(columns={"WT": "AGE", "AGE": "WT"}), tmp_path / "swap.csv")
+    validated = load_dataset(path, make_config({"columns": {"WT": "AGE", "AGE": "WT"}})["data"])
+    pd.testing.assert_frame_equal(validated.table, clean.table)

@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from malformed_cases import RELATIONAL_CASES, Case
 from validation_support import (
+    REPO,
     find,
     make_config,
     problems_of,
@@ -29,6 +30,7 @@ from validation_support import (
 
 from ketamine_pmx.contract import CONCENTRATION_ANALYTES
 from ketamine_pmx.data import DataValidationError, load_dataset, summarise
+from ketamine_pmx.models import load_pk_spec, prepare_pk_data
 
 pytest_plugins = ["validation_fixtures"]
 
@@ -89,6 +91,50 @@ def test_positive_concentration_before_the_first_dose_warns(base, tmp_path, caps
     after = frame.loc[[*frame.index[:i], i + 1, i, *frame.index[i + 2 :]]]
     path = write_frame(after, tmp_path / "at_dose.csv")
     assert load_dataset(path, make_config()["data"]).warnings == []
+
+
+def replicate_sample(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """A quantified concentration of subject 1 assayed twice: a second row below it, equal in
+    every field but DV."""
+    i = quantified_conc_rows(frame)[4]
+    copy = frame.loc[[i]].assign(DV=repr(float(frame.loc[i, "DV"]) * 1.1))
+    out = pd.concat([frame.loc[:i], copy, frame.loc[i + 1 :]], ignore_index=True)
+    return out, i + 2
+
+
+def test_replicate_observations_are_used_and_counted(base, clean, tmp_path, capsys):
+    """Two observations of one analyte at one time with different DV are replicates (NONMEM
+    reads both): each is used, and the rows are named in a warning and counted."""
+    frame, line = replicate_sample(base)
+    path = write_frame(frame, tmp_path / "replicates.csv")
+    validated = load_dataset(path, make_config()["data"])
+    (warning,) = validated.warnings
+    assert (warning.rule, warning.column, warning.lines) == (
+        "observation-replicate",
+        "DV",
+        (line, line + 1),
+    )
+    assert validated.notes["replicate_observation_rows"] == 2
+    assert clean.notes["replicate_observation_rows"] == 0
+    assert summarise(validated)["handling"]["replicate_observation_rows"] == 2
+    table = validated.table
+    assert len(table) == len(clean.table) + 1
+    pair = table.iloc[[line - 2, line - 1]]
+    assert pair["TIME"].nunique() == 1 and pair["ANALYTE"].nunique() == 1
+    assert pair["DV"].iloc[1] == pytest.approx(1.1 * pair["DV"].iloc[0])
+
+    code, _out, err = run_cli(["validate", str(path)], capsys)
+    assert code == 0 and f"warning: {warning.format(str(path))}" in err
+
+    # The PK layout has a row per observation: the replicate is one more at the same time.
+    spec = load_pk_spec(REPO / "models" / "pk_2cmt_metab.yaml")
+    one, two = prepare_pk_data(clean.table, spec), prepare_pk_data(table, spec)
+    assert len(two.obs) == len(one.obs) + 1
+    assert two.layout.n_obs == one.layout.n_obs + 1
+    at = (two.obs["ID"] == pair["ID"].iloc[0]) & (two.obs["TIME"] == pair["TIME"].iloc[0])
+    assert sorted(two.obs.loc[at & (two.obs["ANALYTE"] == pair["ANALYTE"].iloc[0]), "DV"]) == (
+        pytest.approx(sorted(pair["DV"]))
+    )
 
 
 # --------------------------------------------------------------------------------------

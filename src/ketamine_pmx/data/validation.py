@@ -52,6 +52,9 @@ RULES: dict[str, str] = {
     "file-readable": "the file exists, is a CSV with a header and at least one data row",
     "column-duplicate": "each column name appears once in the header",
     "column-required": "every required column is present (after the configured column map)",
+    "column-map-conflict": "config data.columns reads each contract column from one file column "
+    "and each file column as one contract column: a mapped column does not sit beside a file "
+    "column already named as its contract column, and no file column is mapped twice",
     "column-case": "a column named as a known column in another case (e.g. 'mdv') is not used: "
     "column names are case-sensitive (a warning; rename it or map it in config data.columns)",
     "column-numeric": "numeric columns hold numbers ('.' or empty for missing)",
@@ -81,7 +84,11 @@ RULES: dict[str, str] = {
     "covariate-constant": "baseline covariates (WT, AGE, SEX, CYP2B6, DSER, MG, INDICATION, "
     "STUDY, ARM) are constant within a subject",
     "covariate-range": "covariates lie in their plausible range (config data.plausibility)",
-    "duplicate-record": "no two rows describe the same event (ID, TIME, EVID, ANALYTE, AMT, RATE)",
+    "duplicate-record": "no two dose rows describe the same dose (ID, TIME, ANALYTE, AMT, RATE) "
+    "and no two observation rows are equal in every field",
+    "observation-replicate": "observations of one analyte at one TIME in a subject with different "
+    "values (replicate assays, as NONMEM reads them) are each used, counted in the summary (a "
+    "warning naming the rows)",
     "no-dose": "a subject with observations has at least one dose",
     "dose-after-observations": "a subject's concentrations are not all before its first dose",
     "conc-before-dose": "a positive concentration before the subject's first dose is reported "
@@ -319,6 +326,9 @@ def validate_frame(raw: pd.DataFrame, data: dict[str, Any], source: str) -> Vali
         raise DataValidationError(source, problems)
     table, notes, more = _finalise(frame, data)
     notes["mdv_derived_from_evid"] = mdv_derived
+    notes["replicate_observation_rows"] = sum(
+        len(p.lines) for p in problems if p.rule == "observation-replicate"
+    )
     warnings = [p for p in problems + more if p.severity == "warning"]
     return ValidatedData(table=table, source=source, warnings=warnings, notes=notes)
 
@@ -330,26 +340,13 @@ def _has_errors(problems: list[Problem]) -> bool:
 def _apply_column_map(
     raw: pd.DataFrame, data: dict[str, Any], problems: list[Problem]
 ) -> pd.DataFrame:
-    mapping = data["columns"]
-    rename = {}
-    for canonical, user in mapping.items():
-        if user not in raw.columns:
-            problems.append(
-                Problem(
-                    "column-required",
-                    f"config data.columns maps {canonical} to {user!r}, which is not in the file",
-                    column=user,
-                    lines=(1,),
-                )
-            )
-        else:
-            rename[user] = canonical
+    rename, conflicted = _column_map(list(raw.columns), data["columns"], problems)
     frame = raw.copy(deep=False)  # renamed without copying the data
     frame.columns = [rename.get(c, c) for c in raw.columns]
     known = set(CORE_COLUMNS) | set(OPTIONAL_EVENT_COLUMNS) | set(COVARIATES)
     unrecognised = [c for c in frame.columns if c not in known]
     required = list(CORE_COLUMNS) + list(data["required_covariates"])
-    missing = [c for c in required if c not in frame.columns]
+    missing = [c for c in required if c not in frame.columns and c not in conflicted]
     obs_col = data["codes"]["observation_code_column"]
     if "ANALYTE" not in frame.columns and (
         obs_col not in frame.columns or "CMT" not in frame.columns
@@ -391,6 +388,69 @@ def _apply_column_map(
                 )
             )
     return frame
+
+
+def _column_map(
+    columns: list[str], mapping: dict[str, str], problems: list[Problem]
+) -> tuple[dict[str, str], set[str]]:
+    """The renames of config ``data.columns`` (contract name -> file column) for a file's
+    header, and the contract names the map leaves ambiguous. A mapped column absent from the
+    file, a file column mapped to several contract names, or a mapped column that would sit
+    beside a file column already bearing the contract name is a problem, never a table with
+    two columns of one name."""
+    present = set(columns)
+    targets: dict[str, list[str]] = {}
+    for canonical, user in mapping.items():
+        if user in present:
+            targets.setdefault(user, []).append(canonical)
+            continue
+        if canonical in present and canonical not in mapping.values():
+            hint = (
+                f"; the file has a column {canonical}: remove {canonical} from data.columns "
+                "to read it"
+            )
+        else:
+            close = difflib.get_close_matches(user, columns, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+        problems.append(
+            Problem(
+                "column-required",
+                f"config data.columns maps {canonical} to {user!r}, which is not in the file{hint}",
+                column=user,
+                lines=(1,),
+            )
+        )
+    conflicted: set[str] = set()
+    for user, names in targets.items():
+        if len(names) > 1:
+            conflicted.update(names)
+            problems.append(
+                Problem(
+                    "column-map-conflict",
+                    f"config data.columns maps {' and '.join(names)} to the same file column "
+                    f"{user!r}: a file column is read as one contract column only; map each of "
+                    f"{', '.join(names)} to a column of its own",
+                    column=user,
+                    lines=(1,),
+                )
+            )
+    rename = {user: names[-1] for user, names in targets.items()}
+    for canonical, user in mapping.items():
+        if rename.get(user) == canonical and canonical in present and canonical not in rename:
+            conflicted.add(canonical)
+            problems.append(
+                Problem(
+                    "column-map-conflict",
+                    f"the file has a column {canonical} and also {user!r}, which config "
+                    f"data.columns maps to {canonical}: two columns would be {canonical}; drop or "
+                    f"rename one of them in the file, or map the other: remove {canonical} from "
+                    f"data.columns to read the file's {canonical}, or map the file's {canonical} "
+                    "to another contract column",
+                    column=canonical,
+                    lines=(1,),
+                )
+            )
+    return rename, conflicted
 
 
 def _parse_numbers(frame: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
@@ -829,8 +889,31 @@ def _relational_problems(
 
     # Records and subjects.
     key = ["ID", "TIME", "EVID", "ANALYTE", "AMT"] + (["RATE"] if "RATE" in f else [])
-    dup = f.duplicated(subset=key, keep=False) & (is_dose | is_obs)
-    add("duplicate-record", dup, "duplicate record (same ID, TIME, EVID, ANALYTE, AMT, RATE)", "ID")
+    add(
+        "duplicate-record",
+        f.duplicated(subset=key, keep=False) & is_dose,
+        "duplicate dose record (same ID, TIME, ANALYTE, AMT, RATE)",
+        "ID",
+    )
+    # Two observations of one analyte at one time are replicates, as NONMEM reads them; only
+    # rows equal in every field are a suspected copy. Rows are compared in full only where
+    # they share a sample (usually none).
+    same_sample = f.duplicated(subset=["ID", "TIME", "EVID", "ANALYTE"], keep=False) & is_obs
+    same_row = f[same_sample].duplicated(keep=False).reindex(f.index, fill_value=False)
+    add(
+        "duplicate-record",
+        same_row,
+        "duplicate observation record (every field equal; replicate samples differ in DV)",
+        "ID",
+    )
+    add(
+        "observation-replicate",
+        same_sample & ~same_row,
+        "replicate observations (same ID, TIME and analyte, different values): each is used "
+        "as an observation",
+        "DV",
+        severity="warning",
+    )
     has_dose = is_dose.groupby(subj).transform("any")
     add("no-dose", is_obs & ~has_dose, "subject has observations but no dose", "EVID")
     first_dose = f["TIME"].where(is_dose).groupby(subj).transform("min")
