@@ -211,7 +211,7 @@ def subject_etas(
         if rng is None:
             raise ExposureError("eta='new' needs a random generator")
         if spec.spec["bsv"]["correlation"] == "lkj":
-            chol = post["chol_eta"].to_numpy()  # (sample, n, n)
+            chol = lkj_cholesky(post)  # (sample, n, n)
             z = rng.standard_normal((n_s, n_subj, chol.shape[-1]))
             block = np.einsum("sij,spj->spi", chol, z)
             return {g: block[:, :, k * n_c : (k + 1) * n_c] for k, g in enumerate(groups)}
@@ -225,3 +225,22 @@ def subject_etas(
             out[g] = omega * z
         return out
     raise ExposureError(f"eta must be 'posterior', 'zero', 'new' or a dict, got {eta!r}")
+
+
+def lkj_cholesky(post: xr.Dataset) -> np.ndarray:
+    """Cholesky factor L (sample, n, n) of the covariance of an LKJ-correlated block of subject
+    effects (``bsv.correlation: lkj``; ``post`` stacked to ``sample``): the factor ``chol_eta``
+    where the posterior holds it, else rebuilt from what a fit stores, the effects' correlation
+    ``chol_eta_corr`` C and SDs ``chol_eta_stds`` s, as the Cholesky factor of diag(s) C diag(s)
+    (the unique one with a positive diagonal, so the sampled L again)."""
+    if "chol_eta" in post:
+        return post["chol_eta"].transpose("sample", ...).to_numpy()
+    missing = [v for v in ("chol_eta_corr", "chol_eta_stds") if v not in post]
+    if missing:
+        raise ExposureError(
+            "new subjects' effects of an LKJ-correlated model need the fitted covariance of "
+            f"the effects: the posterior holds no chol_eta and lacks {', '.join(missing)}"
+        )
+    corr = post["chol_eta_corr"].transpose("sample", ...).to_numpy()
+    sd = post["chol_eta_stds"].transpose("sample", ...).to_numpy()
+    return np.linalg.cholesky(sd[:, :, None] * corr * sd[:, None, :])
