@@ -65,6 +65,9 @@ def test_workflow_schema_is_the_packaged_schema():
         ({"smaple": 1}, "Additional properties"),
         ({"data": {"plausibility": {"WT": {"min": 300, "max": 20}}}}, "min 300 > max 20"),
         ({"data": {"codes": {"dose_cmt": {"x": "KET"}}}}, "data.codes.dose_cmt"),
+        ({"data": {"lloq": {"MADRS": 1.0}}}, "data.lloq"),
+        ({"data": {"lloq": {"KET": 0}}}, "data.lloq.KET"),
+        ({"data": {"lloq": {"NK": "1 ng/mL"}}}, "data.lloq.NK"),
         ({"simulation": {"population_mix": {"european": 0}}}, "population_mix"),
         ({"sampler": {"pk": {"backend": "pymc"}}}, "sampler.pk"),
         ({"sampler": {"response": {"target_accept": 1.0}}}, "sampler.response.target_accept"),
@@ -75,6 +78,17 @@ def test_invalid_config_names_the_key(config, fragment):
         validate_config(config, source="my.yaml")
     assert "my.yaml" in str(err.value)
     assert fragment in str(err.value)
+
+
+def test_lloq_is_given_per_concentration_analyte():
+    from ketamine_pmx.config import load_schema
+    from ketamine_pmx.contract import CONCENTRATION_ANALYTES
+
+    lloq = load_schema()["properties"]["data"]["properties"]["lloq"]
+    assert set(lloq["propertyNames"]["enum"]) == set(CONCENTRATION_ANALYTES)
+    assert validate_config({})["data"]["lloq"] == {}
+    cfg = validate_config({"data": {"lloq": {"KET": 1.0, "NK": 0.5}}})
+    assert cfg["data"]["lloq"] == {"KET": 1.0, "NK": 0.5}
 
 
 def test_missing_and_malformed_files(tmp_path):

@@ -7,6 +7,8 @@ The malformed datasets of these rules are ``malformed_cases.CODE_UNIT_CASES``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -25,7 +27,7 @@ from validation_support import (
 )
 
 from ketamine_pmx.contract import DEFAULT_CYP2B6_MAP
-from ketamine_pmx.data import load_dataset
+from ketamine_pmx.data import DataValidationError, load_dataset
 
 pytest_plugins = ["validation_fixtures"]
 
@@ -166,3 +168,53 @@ def test_concentration_units_nM(base, clean, tmp_path):
     pd.testing.assert_frame_equal(
         validated.table, clean.table, check_exact=False, rtol=1e-9, atol=1e-9
     )
+
+
+# The code numbering a file without ANALYTE is read in --------------------------------------
+
+
+def _scores_as_dvid_7(tmp_path) -> Path:
+    """A MADRS study numbered its own way: racemate doses as CMT 1, MADRS as DVID 7 (the
+    contract's racemic ketamine); no covariates."""
+    lines = ["ID,TIME,EVID,AMT,DV,CMT,DVID"]
+    for i in (1, 2):
+        lines += [f"{i},0,0,0,30,.,7", f"{i},0,1,35,.,1,.", f"{i},24,0,0,18,.,7"]
+    path = tmp_path / "madrs_dvid7.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_first_refusal_of_a_coded_file_names_the_numbering_and_its_key(tmp_path, capsys):
+    path = _scores_as_dvid_7(tmp_path)
+    with pytest.raises(DataValidationError) as info:
+        load_dataset(path, make_config()["data"])
+    assert {p.rule for p in info.value.problems} == {"column-required"}  # the covariates
+    for text in (info.value.note, str(info.value)):
+        assert "7 KET" in text and "10 MADRS" in text and "1 KET" in text
+        assert "data.codes.observation" in text and "data.codes.dose_cmt" in text
+    code, _, err = run_cli(["validate", str(path)], capsys)
+    assert code == 1 and "7 KET" in err and "data.codes.observation" in err
+
+
+def test_no_numbering_note_where_analyte_is_given_or_the_codes_are_remapped(base, tmp_path):
+    path = _scores_as_dvid_7(tmp_path)
+    remapped = make_config({"codes": {"observation": {"7": "MADRS"}}})
+    with pytest.raises(DataValidationError) as info:
+        load_dataset(path, remapped["data"])
+    assert "data.codes.observation" not in info.value.note
+    assert "data.codes.dose_cmt" in info.value.note  # still the contract's default map
+    frame = base.drop(columns=["WT"])
+    with pytest.raises(DataValidationError) as info:
+        load_dataset(write_frame(frame, tmp_path / "no_wt.csv"), make_config()["data"])
+    assert info.value.note == ""
+
+
+def test_analyte_code_mismatch_names_the_numbering(base, tmp_path):
+    frame = base.copy()
+    i = rows(frame, ANALYTE="MADRS")[0]
+    frame.loc[i, "DVID"] = "7"
+    (problem,) = find(
+        problems_of(write_frame(frame, tmp_path / "mismatch.csv"), make_config()["data"]),
+        "analyte-code-mismatch",
+    )
+    assert "7 KET" in problem.message and "data.codes.observation" in problem.message

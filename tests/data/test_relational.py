@@ -203,3 +203,52 @@ def test_blq_row_with_missing_dv_is_censored(base, tmp_path):
     path = write_frame(frame, tmp_path / "blq_no_dv.csv")
     t = load_dataset(path, make_config()["data"]).table
     assert t.loc[i, "BLQ"] == 1 and t.loc[i, "DV"] == t.loc[i, "LLOQ"]
+
+
+# Config data.lloq: the LLOQ of a file without an LLOQ column (or with empty cells) ----------
+
+#: The simulated trial's LLOQ per analyte (ng/mL), as its file writes them on every row.
+TRIAL_LLOQ = {"S_KET": 1.0, "R_KET": 1.0, "S_NK": 1.0, "R_NK": 1.0, "S_HNK": 0.5, "R_HNK": 0.5}
+
+
+def test_config_lloq_stands_in_for_a_missing_lloq_column(base, clean, tmp_path):
+    path = write_frame(base.drop(columns=["LLOQ"]), tmp_path / "no_lloq.csv")
+    validated = load_dataset(path, make_config({"lloq": TRIAL_LLOQ})["data"])
+    pd.testing.assert_frame_equal(validated.table, clean.table)
+    assert validated.notes["blq_rows"] == clean.notes["blq_rows"] > 0
+
+
+def test_config_lloq_is_converted_as_dv(base, clean, tmp_path):
+    frame = base.drop(columns=["LLOQ"])
+    conc = frame["ANALYTE"].isin(CONCENTRATION_ANALYTES) & (frame["EVID"] == "0")
+    frame.loc[conc, "DV"] = [repr(float(v) / 1000) for v in frame.loc[conc, "DV"]]
+    path = write_frame(frame, tmp_path / "mg_per_l.csv")
+    lloq_mg_l = {a: v / 1000 for a, v in TRIAL_LLOQ.items()}
+    validated = load_dataset(
+        path, make_config({"lloq": lloq_mg_l, "units": {"conc": "mg/L"}})["data"]
+    )
+    pd.testing.assert_frame_equal(
+        validated.table, clean.table, check_exact=False, rtol=1e-9, atol=1e-12
+    )
+
+
+def test_a_rows_own_lloq_wins_over_the_config(base, clean, tmp_path):
+    frame = base.copy()
+    hnk = rows(frame, ANALYTE="S_HNK")
+    frame.loc[hnk, "LLOQ"] = "."  # left empty: the config's S_HNK value is used
+    path = write_frame(frame, tmp_path / "some_lloq.csv")
+    # S_KET rows carry their own LLOQ (1), which wins over the config's 7.
+    validated = load_dataset(path, make_config({"lloq": {"S_HNK": 0.5, "S_KET": 7.0}})["data"])
+    pd.testing.assert_frame_equal(validated.table, clean.table)
+
+
+def test_blq_without_lloq_from_file_or_config_names_both_ways(base, tmp_path):
+    path = write_frame(base.drop(columns=["LLOQ"]), tmp_path / "no_lloq.csv")
+    given = {a: v for a, v in TRIAL_LLOQ.items() if a != "R_HNK"}
+    flagged = (base["BLQ"] == "1") & (base["ANALYTE"] == "R_HNK")
+    assert flagged.any()
+    (problem,) = find(problems_of(path, make_config({"lloq": given})["data"]), "blq-invalid")
+    assert problem.column == "LLOQ"
+    assert problem.lines == tuple(int(i) + 2 for i in base.index[flagged])
+    assert "R_HNK" in problem.message
+    assert "LLOQ column" in problem.message and "data.lloq" in problem.message

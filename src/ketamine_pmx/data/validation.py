@@ -33,6 +33,8 @@ from ketamine_pmx.contract import (
     CORE_COLUMNS,
     COVARIATES,
     DEFAULT_CYP2B6_MAP,
+    DEFAULT_DOSE_CMT,
+    DEFAULT_DVID,
     DEFAULT_SEX_MAP,
     DOSE_TARGETS,
     EVID_DOSE,
@@ -76,8 +78,8 @@ RULES: dict[str, str] = {
     "score-range": "clinical scores lie within their scale (MADRS 0-60, NRS 0-10)",
     "unit-conversion": "concentrations given in nM are of an analyte with a known molar mass "
     "(the ketamine analytes, not DRUG)",
-    "blq-invalid": "BLQ is 0/1, LLOQ >= 0, a BLQ row has an LLOQ and a DV not above it, "
-    "BLQ is set on concentrations only",
+    "blq-invalid": "BLQ is 0/1, LLOQ >= 0, a BLQ row has an LLOQ (its own, or its analyte's in "
+    "config data.lloq) and a DV not above it, BLQ is set on concentrations only",
     "covariate-missing": "required covariates have a value on every row",
     "covariate-value": "categorical covariates have a known value (SEX M/F, CYP2B6 genotype or "
     "class, INDICATION MDD/CRPS)",
@@ -118,14 +120,18 @@ class Problem:
 
 
 class DataValidationError(ValueError):
-    """A dataset broke one or more rules; ``problems`` lists them all."""
+    """A dataset broke one or more rules; ``problems`` lists them all. ``note`` says how the
+    file was read where that may explain them (e.g. the code numbering used)."""
 
-    def __init__(self, source: str, problems: list[Problem]):
+    def __init__(self, source: str, problems: list[Problem], note: str = ""):
         self.source = source
         self.problems = problems
+        self.note = note
         errors = [p for p in problems if p.severity == "error"]
         lines = [f"{source}: {len(errors)} problem(s) found; nothing was run on this dataset."]
         lines += ["  " + p.format(source) for p in problems]
+        if note:
+            lines.append(f"  note: {note}")
         super().__init__("\n".join(lines))
 
 
@@ -311,11 +317,13 @@ def validate_frame(raw: pd.DataFrame, data: dict[str, Any], source: str) -> Vali
     problems: list[Problem] = []
     frame = _apply_column_map(raw, data, problems)
     del raw  # columns replaced below are freed as they go (the caller's copy aside)
+    note = _code_numbering_note(frame.columns, data["codes"])
     if _has_errors(problems):
-        raise DataValidationError(source, problems)
+        raise DataValidationError(source, problems, note)
     frame = _parse_numbers(frame, problems)
     analyte_in_file = "ANALYTE" in frame.columns
     frame = _map_codes(frame, data, problems)
+    frame = _configured_lloq(frame, data.get("lloq") or {})
     mdv_derived = "MDV" not in frame.columns
     if mdv_derived:  # NONMEM's default: a value on observation rows, none elsewhere
         frame["MDV"] = np.where(frame["EVID"] == EVID_OBSERVATION, 0.0, 1.0)
@@ -323,7 +331,7 @@ def validate_frame(raw: pd.DataFrame, data: dict[str, Any], source: str) -> Vali
     problems += _schema_problems(frame, data)
     problems += _relational_problems(frame, data, analyte_in_file, mdv_derived)
     if _has_errors(problems):
-        raise DataValidationError(source, problems)
+        raise DataValidationError(source, problems, note)
     table, notes, more = _finalise(frame, data)
     notes["mdv_derived_from_evid"] = mdv_derived
     notes["replicate_observation_rows"] = sum(
@@ -335,6 +343,38 @@ def validate_frame(raw: pd.DataFrame, data: dict[str, Any], source: str) -> Vali
 
 def _has_errors(problems: list[Problem]) -> bool:
     return any(p.severity == "error" for p in problems)
+
+
+def _numbering(codes: dict[Any, str]) -> str:
+    """A code map as text: '1 KET, 2 S_KET, ...'."""
+    return ", ".join(f"{k} {v}" for k, v in codes.items())
+
+
+def _code_numbering_note(columns: Iterable[str], codes: dict[str, Any]) -> str:
+    """How a file without an ANALYTE column is read where config ``data.codes`` leaves a code
+    map at the contract's numbering (empty otherwise): a file numbered otherwise (its drug as
+    DVID 1, MADRS as DVID 7) is misread as ketamine analytes, so every refusal says so."""
+    if "ANALYTE" in columns:
+        return ""
+    obs_col = codes["observation_code_column"]
+    maps = [
+        (key, label, default)
+        for key, label, default in (
+            ("dose_cmt", "dose CMT", DEFAULT_DOSE_CMT),
+            ("observation", f"observation {obs_col}", DEFAULT_DVID),
+        )
+        if {str(k): v for k, v in codes[key].items()} == {str(k): v for k, v in default.items()}
+    ]
+    if not maps:
+        return ""
+    read = "; ".join(f"{label} {_numbering(default)}" for _, label, default in maps)
+    keys = " and ".join(f"data.codes.{key}" for key, _, _ in maps)
+    return (
+        f"the file has no ANALYTE column, so its codes are read in the project's numbering "
+        f"({read}); a file numbered otherwise (its drug as {obs_col} 1, a score as {obs_col} 7) "
+        f"is misread as ketamine: map its codes in config {keys} (DRUG for a non-ketamine "
+        "drug), or add an ANALYTE column"
+    )
 
 
 def _apply_column_map(
@@ -553,7 +593,11 @@ def _map_codes(frame: pd.DataFrame, data: dict[str, Any], problems: list[Problem
                 Problem(
                     "analyte-code-mismatch",
                     f"ANALYTE disagrees with the code (e.g. {given[first]!r} vs code meaning "
-                    f"{from_codes[first]!r}); fix the file or config data.codes",
+                    f"{from_codes[first]!r}); codes are read by config data.codes.dose_cmt and "
+                    f"data.codes.observation, which default to the project's numbering (dose "
+                    f"CMT {_numbering(DEFAULT_DOSE_CMT)}; observation "
+                    f"{codes['observation_code_column']} {_numbering(DEFAULT_DVID)}): fix the "
+                    "file or map its codes there",
                     column="ANALYTE",
                     lines=_lines(out.index[mismatch]),
                 )
@@ -561,6 +605,19 @@ def _map_codes(frame: pd.DataFrame, data: dict[str, Any], problems: list[Problem
         out["ANALYTE"] = given.where(given.notna(), from_codes)
     else:
         out["ANALYTE"] = from_codes
+    return out
+
+
+def _configured_lloq(frame: pd.DataFrame, lloq: dict[str, float]) -> pd.DataFrame:
+    """Config ``data.lloq`` (per analyte, in the file's unit) as the LLOQ of concentration rows
+    where the file has no LLOQ column or leaves the row's empty; a row's own LLOQ wins."""
+    if not lloq:
+        return frame
+    out = frame.copy(deep=False)  # columns are replaced, never changed in place
+    is_conc = (out["EVID"] == EVID_OBSERVATION) & out["ANALYTE"].isin(CONCENTRATION_ANALYTES)
+    given = out["LLOQ"] if "LLOQ" in out.columns else pd.Series(np.nan, index=out.index)
+    configured = out["ANALYTE"].map(lloq).astype(float)
+    out["LLOQ"] = given.where(given.notna() | ~is_conc, configured)
     return out
 
 
@@ -815,10 +872,15 @@ def _relational_problems(
         "BLQ is set on a row that is not a concentration",
         "BLQ",
     )
+    no_lloq = flagged & is_conc & lloq.isna()
+    named = sorted(set(analyte[no_lloq].astype(str)))
     add(
         "blq-invalid",
-        flagged & is_conc & lloq.isna(),
-        "BLQ row without an LLOQ: the censoring limit is unknown",
+        no_lloq,
+        f"BLQ row without an LLOQ ({', '.join(named)}): the censoring limit is unknown; give "
+        "it in the file's LLOQ column, or per analyte in config data.lloq (e.g. data.lloq: "
+        f"{{{named[0] if named else 'KET'}: 1.0}}, in the unit of data.units.conc; a row's own "
+        "LLOQ wins)",
         "LLOQ",
     )
     add(
