@@ -146,7 +146,10 @@ def test_an_lkj_fit_runs_the_predictive_check(lkj_fit):
     assert len(vpc) and np.isfinite(vpc.select_dtypes(float)).any(axis=None)
     assert len(gof_table(data, reps, seed=1)) == len(data.obs)
     etas = eta_table(idata)
-    assert set(eta_covariate_summary(etas, idata)["effect"]) == {"ka", "cl", "vc"}
+    summary = eta_covariate_summary(etas, idata)
+    assert set(summary["effect"]) == {"ka", "cl", "vc"}
+    # shrinkage against the block's SDs (an LKJ fit has no omega_<group>)
+    assert summary["shrinkage"].between(-1.0, 1.0).all()
 
 
 def test_an_lkj_fit_gives_dosing_its_population_draws(lkj_fit):

@@ -204,22 +204,49 @@ def diagnostics_table(idata: az.InferenceData, rules: dict[str, Any] | None = No
 
 
 def eta_shrinkage(idata: az.InferenceData) -> dict[tuple[str, str], float]:
-    """1 - SD(posterior mean eta over subjects) / omega (posterior mean), per group and chain."""
+    """1 - SD(posterior mean eta over subjects) / omega (posterior mean), per group and chain.
+
+    omega is ``omega_<group>``; an LKJ-correlated block (``bsv.correlation: lkj``) has none,
+    and takes the SD of each (group, chain) in the block, ``chol_eta_stds`` (:func:`lkj_omegas`).
+    """
     post = idata.posterior
+    groups = [str(v)[len("eta_") :] for v in post.data_vars if str(v).startswith("eta_")]
+    block = lkj_omegas(post, groups) if "chol_eta_stds" in post else {}
     out = {}
-    for v in post.data_vars:
-        if not v.startswith("eta_"):
-            continue
-        g = v[len("eta_") :]
+    for g in groups:
+        v = f"eta_{g}"
         eta_mean = post[v].mean(("chain", "draw"))
         if f"omega_{g}" in post:
             omega = post[f"omega_{g}"].mean(("chain", "draw"))
+        elif g in block:
+            omega = block[g]
         else:
             omega = post[v].std("subject").mean(("chain", "draw"))
         sd = eta_mean.std("subject", ddof=1)
         for c in post[v].coords["enantiomer"].values:
             out[(g, str(c))] = float(1.0 - sd.sel(enantiomer=c) / omega.sel(enantiomer=c))
     return out
+
+
+def lkj_omegas(post: xr.Dataset, groups: list[str]) -> dict[str, xr.DataArray]:
+    """The posterior mean SD of each group's effects (over ``enantiomer``) in an LKJ-correlated
+    block, from its SDs ``chol_eta_stds``: the block holds every group's effects, chain fastest,
+    groups in the order the model drew them (``groups``: the ``eta_<group>`` of the posterior,
+    in its order; :func:`ketamine_pmx.models.subject_effects.lkj_subject_effects`)."""
+    stds = post["chol_eta_stds"].mean(("chain", "draw")).to_numpy()
+    if not groups:
+        return {}
+    chains = post[f"eta_{groups[0]}"].coords["enantiomer"]
+    if stds.size != len(groups) * chains.size:
+        raise ValueError(
+            f"chol_eta_stds holds {stds.size} SDs, but the posterior's {len(groups)} effect "
+            f"group(s) over {chains.size} chain(s) make a block of {len(groups) * chains.size}"
+        )
+    per_group = stds.reshape(len(groups), chains.size)
+    return {
+        g: xr.DataArray(per_group[k], coords={"enantiomer": chains.values}, dims="enantiomer")
+        for k, g in enumerate(groups)
+    }
 
 
 def run_statistics(idata: az.InferenceData) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from ketamine_pmx.contract import DOSE_TARGETS, EVID_DOSE, EVID_OBSERVATION
-from ketamine_pmx.models.spec import PKSpec
+from ketamine_pmx.models.spec import PKSpec, required_covariates
 from ketamine_pmx.pk import DoseObsLayout, build_layout
 
 
@@ -36,7 +36,7 @@ class PKData:
     """What a PK model needs from a clean dataset, as arrays (built once, numpy)."""
 
     subjects: np.ndarray  # subject IDs, in model order
-    wt: np.ndarray
+    wt: np.ndarray  # kg; NaN where the data lack it and the spec does not use it
     cyp_class: np.ndarray  # NM/IM/PM per subject
     obs: pd.DataFrame  # one row per modelled observation, in model order
     doses: pd.DataFrame
@@ -46,8 +46,60 @@ class PKData:
     excluded: dict[str, int] = field(default_factory=dict)
 
 
-def prepare_pk_data(table: pd.DataFrame, spec: PKSpec) -> PKData:
-    """Select the spec's analytes and build per-chain dose/observation layouts."""
+#: The clean table's column of each covariate a spec can use (:func:`.spec.required_covariates`).
+COVARIATE_COLUMNS = {"WT": "WT", "CYP2B6": "CYP2B6_CLASS"}
+#: How to do without each covariate, by the spec key that uses it.
+_WITHOUT = {
+    "covariates.allometry": "set covariates.allometry.enabled: false in the spec",
+    "covariates.cyp2b6": "remove covariates.cyp2b6 from the spec",
+}
+
+
+def _subject_covariates(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Each subject's first non-missing value of ``columns`` (baseline covariates), by ID in
+    order of appearance; a column the table lacks is all missing."""
+    present = [c for c in columns if c in table.columns]
+    return table[present].groupby(table["ID"], sort=False).first().reindex(columns=columns)
+
+
+def check_covariates(table: pd.DataFrame, spec: PKSpec, source: str = "the dataset") -> None:
+    """Raise :class:`FitError` unless every subject with observations of the spec's analytes
+    has each covariate the spec uses (:func:`.spec.required_covariates`, and only those).
+
+    Cheap: call it before any expensive work. The message names ``source`` (the file the
+    table was read from), the column and the spec key that needs it.
+    """
+    needed = required_covariates(spec)
+    if not needed:
+        return
+    observed = (table["EVID"] == EVID_OBSERVATION) & table["ANALYTE"].isin(spec.analytes)
+    subjects = table.loc[observed, "ID"].drop_duplicates()
+    if subjects.empty:
+        return
+    first = _subject_covariates(table, [COVARIATE_COLUMNS[c] for c in needed]).loc[subjects]
+    problems = []
+    for col, key in needed.items():
+        lacking = subjects[first[COVARIATE_COLUMNS[col]].isna().to_numpy()].tolist()
+        if lacking:
+            shown = ", ".join(map(str, lacking[:5])) + (", ..." if len(lacking) > 5 else "")
+            problems.append(
+                f"column {col} is missing for {len(lacking)} of {len(subjects)} subject(s) with "
+                f"PK observations (ID {shown}); the spec key {key} needs it: give {col} for "
+                f"every subject, or {_WITHOUT[key]}"
+            )
+    if problems:
+        raise FitError(
+            f"{source}: model {spec.name} ({spec.path}) needs covariates the data lack:\n  - "
+            + "\n  - ".join(problems)
+        )
+
+
+def prepare_pk_data(table: pd.DataFrame, spec: PKSpec, source: str = "the dataset") -> PKData:
+    """Select the spec's analytes and build per-chain dose/observation layouts.
+
+    Only the covariates the spec uses must be present (:func:`check_covariates`; ``source``
+    names the table's file in its message).
+    """
     analytes = spec.analytes
     obs = table[(table["EVID"] == EVID_OBSERVATION) & table["ANALYTE"].isin(analytes)].copy()
     if obs.empty:
@@ -56,15 +108,12 @@ def prepare_pk_data(table: pd.DataFrame, spec: PKSpec) -> PKData:
             f"model {spec.name} observes {list(analytes)}, but the dataset has none of them "
             f"(it has {present})"
         )
+    check_covariates(table, spec, source)
     subjects = obs["ID"].drop_duplicates().to_numpy()
     index = {sid: k for k, sid in enumerate(subjects)}
-    first = table.groupby("ID", sort=False).first()
+    first = _subject_covariates(table, ["WT", "CYP2B6_CLASS"])
     wt = first.loc[subjects, "WT"].to_numpy(float)
-    if np.isnan(wt).any():
-        raise FitError("WT is missing for a subject with PK observations (needed for allometry)")
     cyp = first.loc[subjects, "CYP2B6_CLASS"].astype(object).to_numpy()
-    if spec.spec["covariates"].get("cyp2b6") and pd.isna(cyp).any():
-        raise FitError("CYP2B6 is missing for a subject with PK observations (the model uses it)")
     doses = table[(table["EVID"] == EVID_DOSE) & table["ID"].isin(index)].copy()
 
     obs = obs.reset_index(drop=True)

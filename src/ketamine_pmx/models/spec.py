@@ -112,6 +112,19 @@ def required_parameters(structure: dict[str, Any]) -> set[str]:
     return need
 
 
+def required_covariates(spec: PKSpec) -> dict[str, str]:
+    """The data columns a spec uses, each with the spec key that uses it: ``WT`` with
+    allometry (``covariates.allometry.enabled``, the default), ``CYP2B6`` with a CYP2B6 effect
+    (``covariates.cyp2b6``). A spec without covariate effects needs none."""
+    cov = spec.spec["covariates"]
+    need = {}
+    if cov.get("allometry", {}).get("enabled", True):
+        need["WT"] = "covariates.allometry"
+    if cov.get("cyp2b6"):
+        need["CYP2B6"] = "covariates.cyp2b6"
+    return need
+
+
 def bsv_groups(parameters: dict[str, dict[str, Any]]) -> dict[str, str]:
     """BSV groups of a spec's (validated) ``parameters`` in spec order, each with its first
     parameter (the one whose individual value the centred parameterisation samples; the
