@@ -29,6 +29,7 @@ import pandas as pd
 from ketamine_pmx.data.validation import Problem
 from ketamine_pmx.dosing.decision import Recommendation
 from ketamine_pmx.dosing.fits import DosingError
+from ketamine_pmx.layout import OUTPUTS
 
 DISCLAIMER = (
     "Research output of a statistical model, not medical advice: the recommendation depends "
@@ -51,8 +52,10 @@ OUTPUT_ENTRIES = ("recommendations.csv", "regimens.csv", "summary.md", "notes.js
 #: outputs a few milliseconds (benchmarks/README.md, dose recommendations).
 FIGURES_AUTO_MAX = 100
 #: Gate files of a fit, in the order they are looked for: the workflow's enforced gate check,
-#: then the diagnostics' own gate.
-GATE_FILES = ("gate_check.json", "gate.json")
+#: then the diagnostics' own gate (their names in the results layout).
+GATE_FILES = tuple(
+    Path(OUTPUTS[rule][name]).name for rule, name in (("gate_pk", "check"), ("diagnose_pk", "gate"))
+)
 
 
 @dataclass

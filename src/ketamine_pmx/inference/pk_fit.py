@@ -121,10 +121,17 @@ def _add_data_groups(idata: az.InferenceData, spec: PKSpec, data: PKData) -> Non
 
 
 def fit_pk(
-    table: pd.DataFrame, spec: PKSpec, sampler: dict[str, Any], seed: int
+    table: pd.DataFrame,
+    spec: PKSpec,
+    sampler: dict[str, Any],
+    seed: int,
+    source: str = "the dataset",
 ) -> tuple[az.InferenceData, PKData]:
-    """Prepare data, compute the empirical Bayes start, build the model and sample it."""
-    data = prepare_pk_data(table, spec)
+    """Prepare data, compute the empirical Bayes start, build the model and sample it.
+
+    The data's problems (a covariate the spec needs and the table lacks, ...) are refused
+    before any sampling, naming ``source`` (the table's file)."""
+    data = prepare_pk_data(table, spec, source)
     clock = time.perf_counter()
     model = build_pk_model(spec, data, empirical_bayes_start(spec, data))
     build_seconds = round(time.perf_counter() - clock, 3)
