@@ -807,8 +807,7 @@ def test_repeated_infusions_share_their_end_of_infusion_state():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"dose_route": ["depot"], "dose_rate_mg_h": [5.0]}, "zero-order input into the depot"),
-        ({"dose_route": ["oral"]}, "unknown route"),
+        ({"dose_route": [""]}, "route names"),
         ({"obs_level": [4]}, "obs_level"),
         ({"obs_subject": [2], "n_subject": 2}, "indices must lie in"),
         ({"dose_amt_mg": [-1.0]}, ">= 0"),

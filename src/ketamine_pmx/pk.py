@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -618,7 +618,11 @@ class DoseObsLayout:
     ``terms[kind]`` for each of :data:`TERM_KINDS`; ``obs_subject`` and ``obs_level`` per
     observation; ``inf_subject`` and ``inf_duration_h`` per distinct (subject, duration) of
     the infusions that have ended before some observation (their end-of-infusion state per
-    unit rate is computed once; a ``post`` term's ``dose_idx`` points to it).
+    unit rate is computed once; a ``post`` term's ``dose_idx`` points to it). ``records`` keeps
+    the dose, observation and reset records themselves; ``general`` is True where a record uses
+    NONMEM's other record types (steady state, resets, modelled rate or duration, modelled
+    timing, routes other than the central bolus/infusion and the depot bolus): those layouts are
+    evaluated per (observation, dose) pair by the general dose response (``terms`` is empty).
     """
 
     n_subject: int
@@ -628,6 +632,8 @@ class DoseObsLayout:
     terms: dict[str, TermSet]
     inf_subject: np.ndarray
     inf_duration_h: np.ndarray
+    records: DoseRecords | None = None
+    general: bool = False
 
     @property
     def max_level(self) -> int:
@@ -647,6 +653,88 @@ def _as_1d(name: str, value: Any, n: int, dtype: Any = float) -> np.ndarray:
     return arr.astype(dtype) if dtype is not None else arr
 
 
+@dataclass(frozen=True)
+class DoseRecords:
+    """The records behind a layout (numpy, one entry per dose, observation or reset).
+
+    Doses: ``subject``, ``time_h``, ``amt_mg``, ``rate_mg_h`` (0: bolus), ``route`` (name),
+    ``ss`` (0 none, 1 steady state after a reset, 2 steady state added), ``ii_h`` (interval of
+    steady-state doses), ``rate_mode`` (0 rate from data, 1 modelled rate, 2 modelled duration),
+    ``timing_modelled``; observations: ``obs_subject``, ``obs_time_h``, ``obs_level``,
+    ``obs_after_events``; resets:
+    ``reset_subject``, ``reset_time_h``.
+    """
+
+    subject: np.ndarray
+    time_h: np.ndarray
+    amt_mg: np.ndarray
+    rate_mg_h: np.ndarray
+    route: np.ndarray
+    ss: np.ndarray
+    ii_h: np.ndarray
+    rate_mode: np.ndarray
+    timing_modelled: np.ndarray
+    obs_subject: np.ndarray
+    obs_time_h: np.ndarray
+    obs_level: np.ndarray
+    reset_subject: np.ndarray
+    reset_time_h: np.ndarray
+    obs_after_events: np.ndarray
+
+
+def expand_additional_doses(time_h: Any, ii_h: Any, addl: Any) -> tuple[np.ndarray, np.ndarray]:
+    """NONMEM's ADDL: a dose row with ADDL = n and II = tau stands for doses at t + k tau,
+    k = 0..n (vectorised, numpy).
+
+    Returns the index of the row each expanded dose comes from and its time, row by row and in
+    time order within a row. ``addl`` must be a whole number >= 0 and ``ii_h`` > 0 where
+    ``addl`` > 0.
+    """
+    time = np.atleast_1d(np.asarray(time_h, dtype=float))
+    n = time.shape[0]
+    ii = _as_1d("ii_h", ii_h, n)
+    addl_f = _as_1d("addl", addl, n)
+    problems = []
+    if not np.all(np.isfinite(time)):
+        problems.append("time_h: must be finite")
+    if not np.all(np.isfinite(addl_f)) or np.any(addl_f < 0) or np.any(addl_f != np.round(addl_f)):
+        bad = np.flatnonzero(~np.isfinite(addl_f) | (addl_f < 0) | (addl_f != np.round(addl_f)))
+        problems.append(f"addl: must be a whole number >= 0 (rows {bad[:10].tolist()})")
+    else:
+        bad = np.flatnonzero((addl_f > 0) & ~(ii > 0))
+        if bad.size:
+            problems.append(f"ii_h: must be > 0 where addl > 0 (rows {bad[:10].tolist()})")
+    if problems:
+        raise ValueError("invalid additional doses:\n  - " + "\n  - ".join(problems))
+    counts = addl_f.astype(np.int64) + 1
+    row = np.repeat(np.arange(n), counts)
+    k = np.arange(row.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    return row, time[row] + k * ii[row]
+
+
+def _pairs(
+    d_subj: np.ndarray,
+    d_time: np.ndarray,
+    o_subj: np.ndarray,
+    o_time: np.ndarray,
+    n_subject: int,
+    o_after: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All (observation, dose) pairs of the same subject with t_obs > t_dose (t_obs >= t_dose
+    where ``o_after``), and t_obs - t_dose."""
+    n_obs = o_subj.shape[0]
+    order = np.argsort(d_subj, kind="stable")
+    starts = np.searchsorted(d_subj[order], np.arange(n_subject), side="left")
+    stops = np.searchsorted(d_subj[order], np.arange(n_subject), side="right")
+    counts = (stops - starts)[o_subj]
+    pair_obs = np.repeat(np.arange(n_obs), counts)
+    offset = np.arange(pair_obs.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    pair_dose = order[np.repeat(starts[o_subj], counts) + offset]
+    dt = o_time[pair_obs] - d_time[pair_dose]
+    keep = dt > 0 if o_after is None else (dt > 0) | ((dt == 0) & o_after[pair_obs])
+    return pair_obs[keep], pair_dose[keep], dt[keep]
+
+
 def build_layout(
     *,
     dose_subject: Any,
@@ -658,14 +746,36 @@ def build_layout(
     dose_route: Any = "central",
     obs_level: Any = 0,
     n_subject: int | None = None,
+    dose_ss: Any = 0,
+    dose_ii_h: Any = 0.0,
+    dose_rate_mode: Any = 0,
+    reset_subject: Any = (),
+    reset_time_h: Any = (),
+    dose_timing_modelled: Any = False,
+    obs_after_events: Any = False,
 ) -> DoseObsLayout:
     """Flat (observation, dose) terms from event arrays (numpy; done once per dataset).
 
     Subjects are indices 0..n_subject-1 into the parameter arrays. ``dose_rate_mg_h`` 0 is a
-    bolus, > 0 a zero-order infusion of duration amt / rate (central route only);
-    ``dose_route`` is ``"central"`` or ``"depot"`` per dose (or one for all); ``obs_level`` is
-    the chain level observed (0 parent, j metabolite j). A dose contributes to an observation
-    of the same subject taken strictly after it.
+    bolus, > 0 a zero-order infusion of duration amt / rate; ``dose_route`` is a route name per
+    dose (or one for all): ``"central"``, ``"depot"`` (first-order absorption with the legacy
+    ``ka``/``f_bio``) or any name given in ``routes`` to the concentration functions;
+    ``obs_level`` is the chain level observed (0 parent, j metabolite j). A dose contributes to
+    an observation of the same subject taken strictly after it.
+
+    NONMEM's other records: ``dose_ss`` 1 is a steady-state dose after a reset of the subject
+    (SS=1), 2 a steady state added to what is there (SS=2), both of the dose repeated every
+    ``dose_ii_h`` (> 0); a steady-state dose of amount 0 with a rate is a constant infusion at
+    steady state. ``dose_rate_mode`` 1 takes the infusion rate from the route's ``rate``
+    (RATE=-1), 2 its duration from the route's ``duration`` (RATE=-2). ``reset_subject`` and
+    ``reset_time_h`` are resets (EVID 3, and the reset half of EVID 4): doses given before a
+    reset do not reach observations after it. ``dose_timing_modelled`` marks doses whose lag
+    or duration is a model parameter (the general evaluation decides each pair's phase at run
+    time for every dose). ADDL rows are expanded beforehand (:func:`expand_additional_doses`).
+    An observation at the time of a dose or a reset sees the state before it, unless
+    ``obs_after_events`` (per observation or one for all) is True: in NONMEM's data order, its
+    row follows the dose and reset rows of its time, and it sees their effect (a lagged dose
+    acting exactly at an observation's time is seen by it either way).
     """
     d_subj = np.asarray(dose_subject)
     n_dose = d_subj.shape[0] if d_subj.ndim else 1
@@ -673,51 +783,111 @@ def build_layout(
     o_subj = np.asarray(obs_subject)
     n_obs = o_subj.shape[0] if o_subj.ndim else 1
     o_subj = _as_1d("obs_subject", obs_subject, n_obs, None)
-    if not (np.issubdtype(d_subj.dtype, np.integer) or n_dose == 0) or not (
-        np.issubdtype(o_subj.dtype, np.integer) or n_obs == 0
-    ):
-        raise ValueError("dose_subject and obs_subject must be integer subject indices")
+    r_subj = np.asarray(reset_subject)
+    n_reset = r_subj.shape[0] if r_subj.ndim else 1
+    r_subj = _as_1d("reset_subject", reset_subject, n_reset, None)
+    if not all(np.issubdtype(a.dtype, np.integer) or a.size == 0 for a in (d_subj, o_subj, r_subj)):
+        raise ValueError("dose_subject, obs_subject and reset_subject must be integer indices")
     d_subj = d_subj.astype(np.int64)
     o_subj = o_subj.astype(np.int64)
+    r_subj = r_subj.astype(np.int64)
     d_time = _as_1d("dose_time_h", dose_time_h, n_dose)
     d_amt = _as_1d("dose_amt_mg", dose_amt_mg, n_dose)
     d_rate = _as_1d("dose_rate_mg_h", dose_rate_mg_h, n_dose)
     d_route = _as_1d("dose_route", dose_route, n_dose, None).astype(str)
+    d_ss = _as_1d("dose_ss", dose_ss, n_dose)
+    d_ii = _as_1d("dose_ii_h", dose_ii_h, n_dose)
+    d_mode = _as_1d("dose_rate_mode", dose_rate_mode, n_dose)
+    d_timing = _as_1d("dose_timing_modelled", dose_timing_modelled, n_dose, None)
     o_time = _as_1d("obs_time_h", obs_time_h, n_obs)
     o_level = _as_1d("obs_level", obs_level, n_obs, None).astype(np.int64)
+    o_after = _as_1d("obs_after_events", obs_after_events, n_obs, None)
+    r_time = _as_1d("reset_time_h", reset_time_h, n_reset)
     if n_subject is None:
-        n_subject = int(max(d_subj.max(initial=-1), o_subj.max(initial=-1)) + 1)
+        n_subject = int(
+            max(d_subj.max(initial=-1), o_subj.max(initial=-1), r_subj.max(initial=-1)) + 1
+        )
     problems = []
-    for name, arr in (("dose_subject", d_subj), ("obs_subject", o_subj)):
+    for name, arr in (("dose_subject", d_subj), ("obs_subject", o_subj), ("reset_subject", r_subj)):  # fmt: skip
         if arr.size and (arr.min() < 0 or arr.max() >= n_subject):
             problems.append(f"{name}: indices must lie in [0, {n_subject})")
-    for name, arr in (("dose_time_h", d_time), ("obs_time_h", o_time), ("dose_amt_mg", d_amt)):
+    for name, arr in (("dose_time_h", d_time), ("obs_time_h", o_time), ("dose_amt_mg", d_amt), ("reset_time_h", r_time)):  # fmt: skip
         if not np.all(np.isfinite(arr)):
             problems.append(f"{name}: must be finite")
     if np.any(d_amt < 0) or np.any(d_rate < 0) or not np.all(np.isfinite(d_rate)):
         problems.append("dose_amt_mg and dose_rate_mg_h must be finite and >= 0")
-    bad_route = sorted(set(d_route) - set(ROUTES))
+    bad = np.flatnonzero(~np.isin(d_ss, (0, 1, 2)))
+    if bad.size:
+        problems.append(f"dose_ss: must be 0, 1 or 2 (doses {bad[:10].tolist()})")
+    constant = (d_ss > 0) & (d_amt == 0) & (d_rate > 0)  # constant infusion at steady state
+    bad = np.flatnonzero((d_ss > 0) & ~constant & ~(d_ii > 0))
+    if bad.size:
+        problems.append(
+            "dose_ii_h: must be > 0 where dose_ss > 0, except for a constant infusion"
+            f" (amount 0, rate > 0) (doses {bad[:10].tolist()})"
+        )
+    if not np.all(np.isfinite(d_ii)) or np.any(d_ii < 0):
+        problems.append("dose_ii_h: must be finite and >= 0")
+    bad = np.flatnonzero(~np.isin(d_mode, (0, 1, 2)))
+    if bad.size:
+        problems.append(f"dose_rate_mode: must be 0, 1 or 2 (doses {bad[:10].tolist()})")
+    bad = np.flatnonzero((d_mode > 0) & ((d_rate > 0) | ~(d_amt > 0)))
+    if bad.size:
+        problems.append(
+            "dose_rate_mode: a modelled rate or duration needs an amount > 0 and no data rate"
+            f" (doses {bad[:10].tolist()})"
+        )
+    bad = np.flatnonzero((d_ss > 0) & (d_amt == 0) & (d_rate == 0))
+    if bad.size:
+        problems.append(
+            f"dose_ss: a steady-state dose needs an amount or a rate (doses {bad[:10].tolist()})"
+        )
+    if d_timing.dtype != bool and not np.all(np.isin(d_timing, (0, 1))):
+        problems.append("dose_timing_modelled: must be True or False")
+    d_timing = d_timing.astype(bool)
+    if o_after.dtype != bool and not np.all(np.isin(o_after, (0, 1))):
+        problems.append("obs_after_events: must be True or False")
+    o_after = o_after.astype(bool)
+    bad_route = sorted({r for r in set(d_route) if not r or r != r.strip()})
     if bad_route:
-        problems.append(f"dose_route: unknown route(s) {bad_route}; known: {list(ROUTES)}")
-    if np.any((d_route == "depot") & (d_rate > 0)):
-        problems.append("dose_rate_mg_h: zero-order input into the depot is not supported")
+        problems.append(f"dose_route: route names must be non-empty words, got {bad_route}")
     if np.any((o_level < 0) | (o_level > MAX_METABOLITES)):
         problems.append(f"obs_level: must be in 0..{MAX_METABOLITES}")
     if problems:
         raise ValueError("invalid dose/observation arrays:\n  - " + "\n  - ".join(problems))
 
-    # All (observation, dose) pairs of the same subject with t_obs > t_dose.
-    order = np.argsort(d_subj, kind="stable")
-    starts = np.searchsorted(d_subj[order], np.arange(n_subject), side="left")
-    stops = np.searchsorted(d_subj[order], np.arange(n_subject), side="right")
-    counts = (stops - starts)[o_subj]
-    pair_obs = np.repeat(np.arange(n_obs), counts)
-    offset = np.arange(pair_obs.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    pair_dose = order[np.repeat(starts[o_subj], counts) + offset]
-    dt = o_time[pair_obs] - d_time[pair_dose]
-    keep = dt > 0
-    pair_obs, pair_dose, dt = pair_obs[keep], pair_dose[keep], dt[keep]
+    d_ss = d_ss.astype(np.int64)
+    d_mode = d_mode.astype(np.int64)
+    records = DoseRecords(
+        subject=d_subj, time_h=d_time, amt_mg=d_amt, rate_mg_h=d_rate, route=d_route, ss=d_ss,
+        ii_h=d_ii, rate_mode=d_mode, timing_modelled=d_timing, obs_subject=o_subj,
+        obs_time_h=o_time, obs_level=o_level, reset_subject=r_subj, reset_time_h=r_time,
+        obs_after_events=o_after,
+    )  # fmt: skip
+    general = bool(
+        n_reset
+        or np.any(d_ss > 0)
+        or np.any(d_mode > 0)
+        or np.any(d_timing)
+        or np.any(o_after)
+        or np.any(~np.isin(d_route, ("central", "depot")))
+        or np.any((d_route == "depot") & (d_rate > 0))
+    )
+    if general:
+        empty = TermSet(*(np.zeros(0, np.int64 if f != "dt_h" and f != "scale" else float) for f in _TERM_FIELDS))  # fmt: skip
+        return DoseObsLayout(
+            n_subject=int(n_subject),
+            n_obs=int(n_obs),
+            obs_subject=o_subj,
+            obs_level=o_level,
+            terms=dict.fromkeys(TERM_KINDS, empty),
+            inf_subject=np.zeros(0, np.int64),
+            inf_duration_h=np.zeros(0),
+            records=records,
+            general=True,
+        )
 
+    pair_obs, pair_dose, dt = _pairs(d_subj, d_time, o_subj, o_time, int(n_subject))
     dose_duration = np.where(d_rate > 0, d_amt / np.where(d_rate > 0, d_rate, 1.0), 0.0)
     rate = d_rate[pair_dose]
     infusion = rate > 0
@@ -757,6 +927,7 @@ def build_layout(
         # which makes the whole compiled log density uncacheable
         inf_subject=ended_keys[:, 0].astype(np.int64),
         inf_duration_h=np.ascontiguousarray(ended_keys[:, 1]),
+        records=records,
     )
 
 
@@ -884,6 +1055,443 @@ def _unique_rows(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ordered[new], inverse
 
 
+# --------------------------------------------------------------------------------------
+# NONMEM's dose records: steady state, resets, lag, bioavailability, modelled rate and
+# duration, depot infusions, transit chains (the general per-pair dose response)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    """Parameters of one dose route: scalars or per-subject arrays, numpy or PyTensor.
+
+    ``ka`` None: doses go into the central compartment; else first-order absorption (1/h) from
+    a depot, after ``n_transit`` transit compartments of rate constant ``ktr`` (1/h) if any.
+    ``f`` bioavailability: scales a bolus; a data-rate infusion keeps its rate and lasts
+    f amt / rate (NONMEM's convention); a modelled-rate infusion lasts f amt / ``rate``, a
+    modelled-duration one runs at f amt / ``duration``. ``lag`` (h): the dose acts at
+    t_dose + lag. ``rate`` (mg/h) and ``duration`` (h) are the modelled rate and duration of
+    the route's doses of ``dose_rate_mode`` 1 and 2.
+    """
+
+    ka: Any = None
+    f: Any = 1.0
+    lag: Any = 0.0
+    rate: Any = None
+    duration: Any = None
+    n_transit: int = 0
+    ktr: Any = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n_transit, int | np.integer) or self.n_transit < 0:
+            raise ValueError(f"Route.n_transit: must be a whole number >= 0, got {self.n_transit!r}")  # fmt: skip
+        if (self.n_transit > 0) != (self.ktr is not None):
+            raise ValueError("Route.ktr: give ktr exactly when n_transit > 0")
+        if self.n_transit > 0 and self.ka is None:
+            raise ValueError("Route.n_transit: transit compartments need a depot (ka)")
+        if self.n_transit > 16:
+            raise ValueError(f"Route.n_transit: at most 16, got {self.n_transit}")
+
+
+#: Kinds of general (observation, dose) pairs.
+GENERAL_KINDS = ("bolus", "infusion", "ss_bolus", "ss_infusion", "ss_constant")
+
+
+def _mul(a: Any, b: Any) -> Any:
+    """a * b, never a variable times itself (see :func:`_check_no_self_products`)."""
+    return a * (b * 1.0) if a is b else a * b
+
+
+def _prod(values: Sequence[Any]) -> Any:
+    total: Any = None
+    for v in values:
+        total = v if total is None else _mul(total, v)
+    return 1.0 if total is None else total
+
+
+class _Clock:
+    """E(t; x_p..x_q) over the sub-runs of one chain of nodes at one time t (exps shared)."""
+
+    def __init__(self, be: _Backend, t: Any, x: Sequence[Any]):
+        self.be = be
+        self.given = t >= 0
+        self.t_pos = be.where(self.given, t, 0.0)
+        self.x = list(x)
+        self.exps = [be.xp.exp(-xi * self.t_pos) for xi in x]
+
+    def e(self, p: int, q: int, zero: bool = False) -> Any:
+        """E(t; [0,] x_p..x_q); 0 for t < 0 (at t = 0, 1 for one node: a state propagated by
+        no time is itself, and a bolus acting at an observation's time is seen by it)."""
+        nodes, exps = self.x[p : q + 1], self.exps[p : q + 1]
+        if zero:
+            nodes, exps = [0.0, *nodes], [1.0, *exps]
+        if len(nodes) == 1:
+            return self.be.where(self.given, exps[0], 0.0)
+        return self.be.where(self.given, _exp_conv_pos(self.be, self.t_pos, nodes, exps), 0.0)
+
+
+class _Chain:
+    """One mode's chain: nodes x_0..x_n (upstream depot/transits, lambda_i, k_1..k_L) with
+    the transfer factor ``beta[p]`` from position p to p + 1 (the upstream rate constants; 1
+    from the central compartment on, the metabolites' formation factors being applied to the
+    reduced amounts afterwards). States are lists of amounts per position (None: 0)."""
+
+    def __init__(self, be: _Backend, ups: Sequence[Any], lam: Any, ks: Sequence[Any]):
+        self.be = be
+        self.x = [*ups, lam, *ks]
+        self.m = len(ups)
+        self.n = len(self.x) - 1
+        self.beta = [*ups, *([None] * (len(ks)))]  # None: a unit transfer
+
+    def b(self, p: int, q: int) -> Any:
+        return _prod([v for v in self.beta[p:q] if v is not None])
+
+    def outputs(self) -> range:
+        return range(self.m, self.n + 1)
+
+    def propagate(self, state: Sequence[Any], clock: _Clock, positions: Sequence[int]) -> list:
+        """Amounts at ``positions`` a time t after ``state`` (t <= 0 gives 0)."""
+        out = []
+        for q in positions:
+            terms = [
+                _mul(_mul(a, self.b(p, q)), clock.e(p, q)) if p < q else _mul(a, clock.e(p, q))
+                for p, a in enumerate(state[: q + 1])
+                if a is not None
+            ]
+            out.append(_add_all(terms) if terms else 0.0)
+        return out
+
+    def step(self, clock: _Clock, positions: Sequence[int]) -> list:
+        """Amounts after a unit-rate input into position 0 running for t (the step response)."""
+        return [
+            _mul(self.b(0, q), clock.e(0, q, zero=True)) if q else clock.e(0, 0, zero=True)
+            for q in positions
+        ]
+
+    def steady_sum(self, state: Sequence[Any], tau: Any) -> list:
+        """sum_(k >= 0) of ``state`` propagated by k tau: amounts at every position.
+
+        sum_k E(t + k tau; x_p..x_q) = sum_r G_pr E(t; x_r..x_q) with G = (I - M)^-1,
+        M_ab = E(tau; x_a..x_b) upper triangular (Opitz's formula for the divided differences
+        of 1 / (1 - exp(-x tau))); back substitution adds positive terms only.
+        """
+        be = self.be
+        clock = _Clock(be, tau, self.x)
+        one_minus = [-be.xp.expm1(-xi * clock.t_pos) for xi in self.x]
+        mat = {(a, q): clock.e(a, q) for q in range(self.n + 1) for a in range(q)}
+        out: list[Any] = [None] * (self.n + 1)
+        for p, amount in enumerate(state):
+            if amount is None:
+                continue
+            row: dict[int, Any] = {}
+            for q in range(p, self.n + 1):
+                acc = 1.0 if q == p else _add_all([_mul(row[a], mat[a, q]) for a in range(p, q)])
+                row[q] = acc / one_minus[q]
+                term = _mul(amount, row[q]) if q == p else _mul(_mul(amount, self.b(p, q)), row[q])
+                out[q] = term if out[q] is None else out[q] + term
+        return out
+
+    def tail_sum(
+        self, tau_clock_rows: dict[int, Any], clock: _Clock, positions: Sequence[int]
+    ) -> list:
+        """Ksum at ``positions``: sum_k [H_inf - H(t + k tau)] for the unit step into position 0,
+        given ``tau_clock_rows`` = G_0p (p = 0..n)."""
+        out = []
+        for q in positions:
+            terms = []
+            for r in range(q + 1):
+                e_r = _add_all([_mul(tau_clock_rows[p], clock.e(p, r)) for p in range(r + 1)])
+                terms.append(e_r / _prod(self.x[r : q + 1]))
+            total = _add_all(terms)
+            out.append(_mul(self.b(0, q), total) if q else total)
+        return out
+
+    def g_row0(self, tau: Any) -> dict[int, Any]:
+        be = self.be
+        clock = _Clock(be, tau, self.x)
+        one_minus = [-be.xp.expm1(-xi * clock.t_pos) for xi in self.x]
+        row: dict[int, Any] = {}
+        for q in range(self.n + 1):
+            acc = 1.0 if q == 0 else _add_all([_mul(row[a], clock.e(a, q)) for a in range(q)])
+            row[q] = acc / one_minus[q]
+        return row
+
+    def h_inf(self, positions: Sequence[int]) -> list:
+        """Amounts at ``positions`` at the steady state of a unit-rate input into position 0."""
+        return [_mul(self.b(0, q), 1.0 / _prod(self.x[: q + 1])) if q else 1.0 / self.x[0] for q in positions]  # fmt: skip
+
+
+def _wrap(be: _Backend, s: Any, tau: Any) -> Any:
+    """s where s >= 0, else s + N tau in [0, tau) (what the train's earlier doses give before
+    a lagged dose acts)."""
+    tau_safe = be.where(tau > 0, tau, 1.0)
+    n_back = be.xp.ceil(-s / tau_safe)
+    return be.where(s >= 0, s, s + n_back * tau_safe)
+
+
+def _dose_response(
+    be: _Backend,
+    kind: str,
+    dt: Any,
+    tau: Any,
+    lag: Any,
+    amount: Any,
+    rate: Any,
+    duration: Any,
+    ups: Sequence[Any],
+    lams: Sequence[Any],
+    weights: Sequence[Any],
+    ks: Sequence[Any],
+) -> list[Any]:
+    """Reduced amounts of the chain levels 0..len(ks) at ``dt`` after the dose record.
+
+    ``amount`` is f amt (boluses), ``rate`` and ``duration`` those of an infusion (already with
+    f), ``tau`` the interval of steady-state doses, ``ups`` the upstream (transit, depot) nodes.
+    """
+    s = dt - lag
+    total: list[Any] | None = None
+    for lam, w in zip(lams, weights, strict=True):
+        ch = _Chain(be, ups, lam, ks)
+        pos = list(ch.outputs())
+        if kind == "bolus":
+            out = ch.propagate([amount], _Clock(be, s, ch.x), pos)
+        elif kind == "ss_bolus":
+            state = ch.steady_sum([amount], tau)
+            out = ch.propagate(state, _Clock(be, _wrap(be, s, tau), ch.x), pos)
+        elif kind == "ss_constant":
+            # NONMEM: the compartments at the constant infusion's steady state at the dose's
+            # time, and no input after it
+            state = [_mul(rate, h) for h in ch.h_inf(range(ch.n + 1))]
+            s_pos = be.where(s > 0, s, 0.0)
+            out = ch.propagate(state, _Clock(be, s_pos, ch.x), pos)
+        elif kind in ("infusion", "ss_infusion"):
+            s_eff = s if kind == "infusion" else _wrap(be, s, tau)
+            end = ch.step(_Clock(be, duration, ch.x), range(ch.n + 1))
+            running = ch.step(_Clock(be, s_eff, ch.x), pos)
+            ended = ch.propagate(end, _Clock(be, s_eff - duration, ch.x), pos)
+            single = [be.where(s_eff <= duration, a, b) for a, b in zip(running, ended, strict=True)]  # fmt: skip
+            if kind == "infusion":
+                out = [_mul(rate, v) for v in single]
+            else:
+                # T <= tau: this dose, plus the ended earlier ones as one steady-state state.
+                past = ch.propagate(ch.steady_sum(end, tau), _Clock(be, s_eff + tau - duration, ch.x), pos)  # fmt: skip
+                short = [a + b for a, b in zip(single, past, strict=True)]
+                # T > tau (overlapping infusions): sum_k [H(s + k tau) - H(s - T + k tau)]
+                # = Ksum(b') - Ksum(a') + (N(b) - N(a)) H_inf, a = s, b = s - T.
+                tau_safe = be.where(tau > 0, tau, 1.0)
+                g0 = ch.g_row0(tau)
+                h_inf = ch.h_inf(pos)
+                parts = []
+                for y in (s, s - duration):
+                    n_back = be.where(y > 0, 0.0, be.xp.floor(-y / tau_safe) + 1.0)
+                    y_wrapped = y + n_back * tau_safe
+                    parts.append((n_back, ch.tail_sum(g0, _Clock(be, y_wrapped, ch.x), pos)))
+                (n_a, k_a), (n_b, k_b) = parts
+                long = [kb - ka_ + (n_b - n_a) * h for ka_, kb, h in zip(k_a, k_b, h_inf, strict=True)]  # fmt: skip
+                out = [
+                    _mul(rate, be.where(duration <= tau, a, b))
+                    for a, b in zip(short, long, strict=True)
+                ]
+        else:
+            raise ValueError(f"unknown dose kind {kind!r}")
+        weighted = [_mul(w, v) for v in out]
+        total = weighted if total is None else [a + b for a, b in zip(total, weighted, strict=True)]
+    assert total is not None
+    return total
+
+
+def _is_symbolic(x: Any) -> bool:
+    try:
+        from pytensor.graph.basic import Variable
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(x, Variable)
+
+
+def _check_route_values(name: str, route: Route) -> None:
+    """Refuse impossible numeric route parameters (symbolic ones are the model's business)."""
+    rules = (("ka", "> 0", lambda v: v > 0), ("f", ">= 0", lambda v: v >= 0),
+             ("lag", ">= 0", lambda v: v >= 0), ("rate", "> 0", lambda v: v > 0),
+             ("duration", "> 0", lambda v: v > 0), ("ktr", "> 0", lambda v: v > 0))  # fmt: skip
+    for field, text, ok in rules:
+        value = getattr(route, field)
+        if value is None or _is_symbolic(value):
+            continue
+        arr = np.asarray(value, dtype=float)
+        if not np.all(np.isfinite(arr)) or not np.all(ok(arr)):
+            raise ValueError(f"routes[{name!r}].{field}: must be finite and {text}")
+
+
+def _resolve_routes(
+    records: DoseRecords, routes: Mapping[str, Route] | None, ka: Any, f_bio: Any
+) -> dict[str, Route]:
+    given = dict(routes or {})
+    for name, route in given.items():
+        if not isinstance(route, Route):
+            raise ValueError(f"routes[{name!r}]: expected a Route, got {type(route).__name__}")
+        _check_route_values(name, route)
+    out = {}
+    for name in np.unique(records.route):
+        name = str(name)
+        if name in given:
+            out[name] = given[name]
+        elif name == "central":
+            out[name] = Route()
+        elif name == "depot":
+            if ka is None or f_bio is None:
+                raise ValueError("dose_route: depot doses need ka and f_bio (or routes['depot'])")
+            out[name] = Route(ka=ka, f=f_bio)
+        else:
+            raise ValueError(
+                f"dose_route: route {name!r} has no entry in routes (given: {sorted(given)})"
+            )
+    return out
+
+
+def _general_pairs(layout: DoseObsLayout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(observation, dose) pairs of a general layout: t_obs > t_dose (or t_obs = t_dose, for an
+    observation after the events of its time), and no reset (EVID 3/4, or an SS=1 dose) of the
+    subject after the dose and before the observation."""
+    rec = layout.records
+    assert rec is not None
+    pair_obs, pair_dose, dt = _pairs(
+        rec.subject, rec.time_h, rec.obs_subject, rec.obs_time_h, layout.n_subject,
+        rec.obs_after_events,
+    )  # fmt: skip
+    ss1 = rec.ss == 1
+    r_subj = np.concatenate([rec.reset_subject, rec.subject[ss1]])
+    r_time = np.concatenate([rec.reset_time_h, rec.time_h[ss1]])
+    if r_subj.size:
+        keep = np.ones(pair_obs.size, bool)
+        p_subj = rec.obs_subject[pair_obs]
+        t_obs = rec.obs_time_h[pair_obs]
+        t_dose = rec.time_h[pair_dose]
+        for subject in np.unique(r_subj):
+            times = np.sort(r_time[r_subj == subject])
+            sel = np.flatnonzero(p_subj == subject)
+            # resets after the dose and before the observation (or at its time, where it
+            # comes after the events of its time)
+            side = np.where(rec.obs_after_events[pair_obs[sel]], "right", "left")
+            upto = np.where(
+                side == "right",
+                np.searchsorted(times, t_obs[sel], side="right"),
+                np.searchsorted(times, t_obs[sel], side="left"),
+            )
+            between = upto - np.searchsorted(times, t_dose[sel], side="right")
+            keep[sel[between > 0]] = False
+        pair_obs, pair_dose, dt = pair_obs[keep], pair_dose[keep], dt[keep]
+    return pair_obs, pair_dose, dt
+
+
+def _general_kind(rec: DoseRecords) -> np.ndarray:
+    infusion = (rec.rate_mode > 0) | (rec.rate_mg_h > 0)
+    ss = rec.ss > 0
+    constant = ss & (rec.amt_mg == 0) & (rec.rate_mg_h > 0)
+    kind = np.where(infusion, 1, 0) + np.where(ss, 2, 0)
+    return np.where(constant, 4, kind)  # index into GENERAL_KINDS
+
+
+def _conc_general(
+    be: _Backend,
+    layout: DoseObsLayout,
+    routes: dict[str, Route],
+    subj: Callable[[Any, str], Any],
+    lams: list[Any],
+    weights: list[Any],
+    k_el: list[Any],
+    method: str,
+) -> Any:
+    """Reduced amounts per observation of a general layout (see :func:`_dose_response`)."""
+    rec = layout.records
+    assert rec is not None
+    xp = be.xp
+    n_eig = len(lams)
+    n_lev = layout.max_level  # metabolite levels evaluated
+    if method != "stable":
+        raise ValueError("method='naive' is for the central/depot records only")
+    pair_obs, pair_dose, dt = _general_pairs(layout)
+    kinds = _general_kind(rec)[pair_dose]
+    route_of = rec.route[pair_dose]
+    parts, pair_flat, pair_obs_all = [], [], []
+    offset = 0
+    for name, route in routes.items():
+        f = subj(route.f, f"routes[{name!r}].f")
+        lag = subj(route.lag, f"routes[{name!r}].lag")
+        ups_s = []
+        if route.ka is not None:
+            ktr = subj(route.ktr, f"routes[{name!r}].ktr") if route.n_transit else None
+            ups_s = ([ktr] if route.n_transit else []) + [subj(route.ka, f"routes[{name!r}].ka")]
+        for k, kind in enumerate(GENERAL_KINDS):
+            mask = (route_of == name) & (kinds == k)
+            if not mask.any():
+                continue
+            dose = pair_dose[mask]
+            d_subj = rec.subject[dose]
+            amt = rec.amt_mg[dose]
+            mode = rec.rate_mode[dose]
+            f_p = f[d_subj]
+            amount = f_p * be.asarray(amt)
+            rate: Any = be.asarray(np.where(rec.rate_mg_h[dose] > 0, rec.rate_mg_h[dose], 1.0))
+            duration: Any = be.asarray(np.ones(dose.size))
+            if kind in ("infusion", "ss_infusion"):
+                if np.any(mode == 1) and route.rate is None:
+                    raise ValueError(f"dose_rate_mode: doses of route {name!r} with a modelled rate need routes[{name!r}].rate")  # fmt: skip
+                if np.any(mode == 2) and route.duration is None:
+                    raise ValueError(f"dose_rate_mode: doses of route {name!r} with a modelled duration need routes[{name!r}].duration")  # fmt: skip
+                if np.any(mode == 1):
+                    m_rate = subj(route.rate, f"routes[{name!r}].rate")[d_subj]
+                    rate = be.where(be.asarray(mode == 1), m_rate, rate)
+                if np.any(mode == 2):
+                    m_dur = subj(route.duration, f"routes[{name!r}].duration")[d_subj]
+                    duration = be.where(be.asarray(mode == 2), m_dur, amount / rate)
+                    rate = be.where(be.asarray(mode == 2), amount / m_dur, rate)
+                else:
+                    duration = amount / rate
+            lam_in = [lam[d_subj] for lam in lams]
+            w_in = [w[d_subj] for w in weights]
+            k_in = [k_[d_subj] for k_ in k_el[1 : n_lev + 1]]
+            ups_in = [u[d_subj] for u in ups_s]
+            args = [dt[mask], rec.ii_h[dose], lag[d_subj], amount, rate, duration, *ups_in, *lam_in, *w_in, *k_in]  # fmt: skip
+            n_tr = route.n_transit
+
+            def unpack(xs: list[Any], n_tr: int = n_tr, n_up: int = len(ups_in)) -> tuple:
+                it = iter(xs[6:])
+                ups = [next(it) for _ in range(n_up)]
+                if n_tr:
+                    ups = [ups[0]] * n_tr + ups[1:]
+                lam_x = [next(it) for _ in range(n_eig)]
+                w_x = [next(it) for _ in range(n_eig)]
+                k_x = [next(it) for _ in range(n_lev)]
+                return ups, lam_x, w_x, k_x
+
+            if be.name == "numpy":
+                ups, lam_x, w_x, k_x = unpack([be.asarray(a) for a in args])
+                outs = _dose_response(be, kind, *(be.asarray(a) for a in args[:6]), ups, lam_x, w_x, k_x)  # fmt: skip
+                outs = [np.broadcast_to(be.asarray(o), (dose.size,)) for o in outs]
+            else:
+
+                def build(xs: list[Any], kind: str = kind, unpack: Callable = unpack) -> list[Any]:
+                    ups, lam_x, w_x, k_x = unpack(xs)
+                    sb = _scalar_backend()
+                    return _dose_response(sb, kind, *xs[:6], ups, lam_x, w_x, k_x)
+
+                key = ("dose", kind, n_tr, len(ups_in), n_eig, n_lev)
+                n_pair = dose.size
+                args = [a if _is_symbolic(a) else np.broadcast_to(np.asarray(a, float), (n_pair,)) for a in args]  # fmt: skip
+                args = [a + xp.zeros(n_pair) if _is_symbolic(a) and a.ndim == 0 else a for a in args]  # fmt: skip
+                outs = _apply_multi_kernel(key, build, args, maybe_data=tuple(range(len(args))))
+            n_pair = dose.size
+            parts.extend(outs)
+            pair_flat.append(offset + rec.obs_level[pair_obs[mask]] * n_pair + np.arange(n_pair))
+            pair_obs_all.append(pair_obs[mask])
+            offset += (n_lev + 1) * n_pair
+    if parts:
+        flat = parts[0] if len(parts) == 1 else xp.concatenate(parts)
+        contrib = flat[np.concatenate(pair_flat)]
+        return be.segment_sum(contrib, np.concatenate(pair_obs_all), layout.n_obs)
+    return be.segment_sum(be.asarray(np.zeros(0)), np.zeros(0, np.int64), layout.n_obs)
+
+
 def _conc(
     be: _Backend,
     layout: DoseObsLayout,
@@ -898,6 +1506,7 @@ def _conc(
     f_bio: Any,
     metabolites: Sequence[Metabolite],
     method: str,
+    routes: Mapping[str, Route] | None = None,
 ) -> Any:
     if method not in ("stable", "naive"):
         raise ValueError(f"method must be 'stable' or 'naive', got {method!r}")
@@ -912,7 +1521,7 @@ def _conc(
         raise ValueError(
             f"observations of chain level {layout.max_level} but only {n_met} metabolite(s)"
         )
-    has_depot = len(layout.terms["depot"]) > 0
+    has_depot = len(layout.terms["depot"]) > 0 and routes is None
     if has_depot and (ka is None or f_bio is None):
         raise ValueError("depot doses need ka and f_bio")
     xp = be.xp
@@ -938,6 +1547,15 @@ def _conc(
         k_el.append(cl_m / v_m)
         vol.append(v_m)
         clear.append(cl_m)
+
+    if routes is not None or layout.general:
+        if layout.records is None:
+            raise ValueError("routes: this layout has no records (build it with build_layout)")
+        resolved = _resolve_routes(layout.records, routes, ka, f_bio)
+        amounts = _conc_general(be, layout, resolved, subj, lams, weights, k_el, method)
+        n_lev = n_met + 1
+        per_level = xp.stack([coef[j] / vol[j] for j in range(n_lev)], axis=1).reshape((-1,))
+        return NG_ML_PER_MG_L * per_level[layout.obs_subject * n_lev + layout.obs_level] * amounts
 
     # Per-subject table, columns [ka, lambda_1..lambda_n_eig, k_1..k_n_met, w_1..w_n_eig,
     # w_1 ka F..w_n_eig ka F], gathered column by column (see _Rows).
@@ -1040,6 +1658,7 @@ def np_conc_ng_ml(
     vp2: Any = None,
     ka: Any = None,
     f_bio: Any = None,
+    routes: Mapping[str, Route] | None = None,
     metabolites: Sequence[Metabolite] = (),
     method: str = "stable",
 ) -> np.ndarray:
@@ -1049,7 +1668,10 @@ def np_conc_ng_ml(
     (L/h), ``vc`` central volume (L), ``q``/``vp`` and ``q2``/``vp2`` the first and second
     peripheral compartments (omit for 1-/2-compartment parents), ``ka`` (1/h) and ``f_bio``
     for depot doses, ``metabolites`` the chain (:class:`Metabolite`, level 1 first).
-    ``method="naive"`` uses the textbook formula (for comparisons only).
+    ``method="naive"`` uses the textbook formula (for comparisons only). ``routes`` maps the
+    layout's route names to their :class:`Route` (``"central"`` defaults to ``Route()``,
+    ``"depot"`` to ``Route(ka=ka, f=f_bio)``); given, or for a layout with NONMEM's other
+    records, every dose is evaluated by the general per-pair dose response.
     """
     with np.errstate(over="ignore", under="ignore"):
         return _conc(
@@ -1065,6 +1687,7 @@ def np_conc_ng_ml(
             f_bio=f_bio,
             metabolites=metabolites,
             method=method,
+            routes=routes,
         )
 
 
@@ -1079,6 +1702,7 @@ def pt_conc_ng_ml(
     vp2: Any = None,
     ka: Any = None,
     f_bio: Any = None,
+    routes: Mapping[str, Route] | None = None,
     metabolites: Sequence[Metabolite] = (),
     method: str = "stable",
 ) -> Any:
@@ -1100,19 +1724,24 @@ def pt_conc_ng_ml(
         f_bio=f_bio,
         metabolites=metabolites,
         method=method,
+        routes=routes,
     )
 
 
 __all__ = [
+    "GENERAL_KINDS",
     "MAX_METABOLITES",
     "ROUTES",
     "TAYLOR_SPREAD",
     "TAYLOR_TERMS",
     "TERM_KINDS",
     "DoseObsLayout",
+    "DoseRecords",
     "Metabolite",
+    "Route",
     "TermSet",
     "build_layout",
+    "expand_additional_doses",
     "np_conc_ng_ml",
     "np_disposition",
     "np_exp_conv",
