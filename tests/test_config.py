@@ -65,6 +65,20 @@ def test_workflow_schema_is_the_packaged_schema():
         ({"smaple": 1}, "Additional properties"),
         ({"data": {"plausibility": {"WT": {"min": 300, "max": 20}}}}, "min 300 > max 20"),
         ({"data": {"codes": {"dose_cmt": {"x": "KET"}}}}, "data.codes.dose_cmt"),
+        ({"data": {"codes": {"dose_route": {"x": "depot"}}}}, "data.codes.dose_route"),
+        ({"data": {"codes": {"dose_route": {"1": "Depot"}}}}, "data.codes.dose_route.1"),
+        (
+            {"data": {"codes": {"dose_cmt": {"1": "DRUG"}, "dose_route": {"1": "depot"}}}},
+            "data.codes.dose_cmt and data.codes.dose_route",
+        ),
+        (
+            {"data": {"codes": {"observation_code_column": "CMT", "observation": {"cp": "DRUG"}}}},
+            "text codes are read from DVID only",
+        ),
+        ({"data": {"codes": {"observation": {"c-p": "DRUG"}}}}, "neither a number nor a text"),
+        ({"data": {"codes": {"observation": {"cp": "DRUG", "CP": "KET"}}}}, "case-insensitively"),
+        ({"data": {"codes": {"evid": {"101": 5}}}}, "data.codes.evid.101"),
+        ({"data": {"single_drug": "yes"}}, "data.single_drug"),
         ({"data": {"lloq": {"MADRS": 1.0}}}, "data.lloq"),
         ({"data": {"lloq": {"KET": 0}}}, "data.lloq.KET"),
         ({"data": {"lloq": {"NK": "1 ng/mL"}}}, "data.lloq.NK"),
@@ -222,3 +236,23 @@ def test_the_removed_resources_section_is_refused_with_what_to_do_instead():
             copy.deepcopy(old), str(REPO / "workflow" / "schemas" / "config.schema.yaml")
         )
     assert "resources" not in validate_config({})  # no default: a run's config has none
+
+
+def test_nonmem_record_keys():
+    """Text DVID codes, CMT as a route, resets mapped from other EVIDs, single-drug datasets."""
+    cfg = validate_config(
+        {
+            "data": {
+                "codes": {
+                    "observation": {"cp": "DRUG", "pca": "MADRS", "3": "KET"},
+                    "dose_route": {"1": "depot", "2": "central", "3": "intranasal"},
+                    "evid": {"103": 3, "104": 4},
+                },
+                "single_drug": True,
+            }
+        }
+    )
+    assert cfg["data"]["codes"]["dose_route"]["3"] == "intranasal"
+    assert cfg["data"]["single_drug"] is True
+    assert validate_config({})["data"]["single_drug"] is False
+    assert validate_config({})["data"]["codes"]["dose_route"] == {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,14 @@ def validate_config(config: dict[str, Any], source: str = "<config>") -> dict[st
             f"{source}: the configuration must be a mapping, got {type(config).__name__}"
         )
     filled = validate_with_schema(config, load_schema("config"), source, "configuration")
+    given_codes = (config.get("data") or {}).get("codes") or {}
     # results_dir is checked where a config gives it (not in the sections a job validates)
-    _check_semantics(filled, source, results_dir="results_dir" in config)
+    _check_semantics(
+        filled,
+        source,
+        results_dir="results_dir" in config,
+        dose_cmt_given="dose_cmt" in given_codes,
+    )
     return filled
 
 
@@ -105,8 +112,23 @@ def _refuse(problems: list[str], source: str) -> None:
         raise ConfigError(f"{source}: invalid configuration:\n  - " + "\n  - ".join(problems))
 
 
-def _check_semantics(config: dict[str, Any], source: str, results_dir: bool = True) -> None:
-    """Rules a JSON Schema cannot express."""
+#: A text code of data.codes.observation (DVID text such as ``cp``): letters, digits, ``_``.
+_TEXT_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def _is_number(code: str) -> bool:
+    try:
+        float(code)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_semantics(
+    config: dict[str, Any], source: str, results_dir: bool = True, dose_cmt_given: bool = False
+) -> None:
+    """Rules a JSON Schema cannot express. ``dose_cmt_given``: the config itself (not the
+    defaults) gives data.codes.dose_cmt."""
     problems = []
     mix = config["simulation"]["population_mix"]
     if mix and sum(mix.values()) <= 0:
@@ -114,14 +136,39 @@ def _check_semantics(config: dict[str, Any], source: str, results_dir: bool = Tr
     for name, rng in config["data"]["plausibility"].items():
         if rng["min"] > rng["max"]:
             problems.append(f"data.plausibility.{name}: min {rng['min']} > max {rng['max']}")
-    for key in ("dose_cmt", "observation", "evid", "cyp2b6", "sex"):
-        codes = config["data"]["codes"][key]
-        if key in ("dose_cmt", "observation", "evid"):
-            for code in codes:
-                try:
-                    float(code)
-                except ValueError:
-                    problems.append(f"data.codes.{key}: code {code!r} is not a number")
+    codes = config["data"]["codes"]
+    for key in ("dose_cmt", "dose_route", "evid"):
+        for code in codes[key]:
+            if not _is_number(code):
+                problems.append(f"data.codes.{key}: code {code!r} is not a number")
+    obs_col = codes["observation_code_column"]
+    for code in codes["observation"]:
+        if _is_number(code):
+            continue
+        if obs_col != "DVID":
+            problems.append(
+                f"data.codes.observation: code {code!r} is not a number; text codes are read "
+                f"from DVID only (data.codes.observation_code_column is {obs_col}, and CMT "
+                "codes are numbers)"
+            )
+        elif not _TEXT_CODE.match(code):
+            problems.append(
+                f"data.codes.observation: code {code!r} is neither a number nor a text code "
+                "(a letter, then letters, digits or _; e.g. cp)"
+            )
+    lowered = [str(c).lower() for c in codes["observation"] if not _is_number(str(c))]
+    for code in sorted({c for c in lowered if lowered.count(c) > 1}):
+        problems.append(
+            f"data.codes.observation: text code {code!r} is given twice in different case; "
+            "text codes are matched case-insensitively"
+        )
+    if dose_cmt_given and codes["dose_route"]:
+        problems.append(
+            "data.codes.dose_cmt and data.codes.dose_route both read the CMT column of dose "
+            "rows, as the product and as the route; give one: dose_route (CMT numbers "
+            "compartments; name the product in ANALYTE or PRODUCT, or set data.single_drug) "
+            "or dose_cmt (CMT names the product; give routes in a ROUTE column)"
+        )
     if results_dir:
         problems += results_dir_problems(config)
     refs = [m[0] for m in (config["models"]["pk"], config["models"]["response"]) if m]

@@ -6,10 +6,20 @@ refers to columns by the canonical (NONMEM upper-case) names defined here.
 A dataset is a long table, one row per event, sorted by ID then TIME:
 
 * ``EVID`` 0 is an observation (concentration or clinical score), 1 a dose; 2 (other) rows
-  are kept but carry no information for the models; 3/4 (reset) are refused because no
-  model here implements a reset. ``MDV`` is 1 where a row has no DV; a file without an
-  ``MDV`` column gets NONMEM's default (0 on observation rows, 1 elsewhere).
-* Dose rows name what was given in ``ANALYTE`` (or a ``CMT`` code): ``KET`` is racemic
+  are kept but carry no information for the models; 3 resets the subject's system (every
+  compartment emptied) and 4 resets it and gives a dose, as in NONMEM. ``MDV`` is 1 where a
+  row has no DV; a file without an ``MDV`` column gets NONMEM's default (0 on observation
+  rows, 1 elsewhere).
+* ``SS`` (0/1/2) and ``II`` (h) mark a dose at steady state (1: the system at steady state of
+  the dose repeated every ``II`` before it; 2: that steady state added to what is there);
+  ``ADDL`` additional doses, each like the row's, follow every ``II``: they are expanded into
+  ordinary dose rows of the clean table (``SS`` 0), which has no ``ADDL`` column. ``RATE``
+  -1/-2 (rate or duration modelled) are kept as written.
+* ``ROUTE`` names where a dose goes: ``central`` (IV bolus or infusion), ``depot``
+  (first-order absorption) or a route of the user's model (``oral``, ``intranasal``); empty is
+  the model's default route. A file gives it in a ``ROUTE`` column or by ``CMT`` through
+  config ``data.codes.dose_route``.
+* Dose rows name what was given in ``ANALYTE`` or ``PRODUCT`` (or a ``CMT`` code): ``KET`` is racemic
   (R,S)-ketamine, split 1:1 between the enantiomers by enantiomer-specific models;
   ``S_KET`` (esketamine) and ``R_KET`` (arketamine) are single enantiomers; ``DRUG`` is the
   parent drug of a non-ketamine single-analyte study (e.g. a public reference dataset such as
@@ -42,6 +52,12 @@ OPTIONAL_EVENT_COLUMNS: tuple[str, ...] = (
     "ANALYTE",
     "LLOQ",
     "BLQ",
+    "SS",
+    "II",
+    "ADDL",
+    "ROUTE",
+    "PRODUCT",
+    "C",
 )
 #: Subject-level covariates and their meaning.
 COVARIATES: dict[str, str] = {
@@ -74,6 +90,9 @@ NUMERIC_COLUMNS: tuple[str, ...] = (
     "AMT",
     "RATE",
     "DUR",
+    "SS",
+    "II",
+    "ADDL",
     "DV",
     "MDV",
     "LLOQ",
@@ -91,8 +110,11 @@ CLEAN_COLUMNS: tuple[str, ...] = (
     "TIME",
     "EVID",
     "ANALYTE",
+    "ROUTE",
     "AMT",
     "RATE",
+    "SS",
+    "II",
     "DV",
     "MDV",
     "LLOQ",
@@ -112,7 +134,54 @@ CLEAN_COLUMNS: tuple[str, ...] = (
 EVID_OBSERVATION = 0
 EVID_DOSE = 1
 EVID_OTHER = 2
-VALID_EVID = (EVID_OBSERVATION, EVID_DOSE, EVID_OTHER)
+EVID_RESET = 3
+EVID_RESET_DOSE = 4
+VALID_EVID = (EVID_OBSERVATION, EVID_DOSE, EVID_OTHER, EVID_RESET, EVID_RESET_DOSE)
+#: EVIDs of rows that give a dose (a reset and dose gives one too).
+DOSE_EVIDS = (EVID_DOSE, EVID_RESET_DOSE)
+
+#: Dose routes every model knows: an IV dose into the central compartment, a first-order
+#: absorption depot. A model may name others (``oral``, ``intranasal``); a route is a lower-case
+#: name of letters, digits and underscores, and an empty ROUTE is the model's default route.
+ROUTE_CENTRAL = "central"
+ROUTE_DEPOT = "depot"
+ROUTES = (ROUTE_CENTRAL, ROUTE_DEPOT)
+ROUTE_PATTERN = r"^[a-z][a-z0-9_]*$"
+
+_DATE_REASON = "clock dates are not read: give the elapsed time in TIME"
+#: NONMEM-reserved data items that this package does not read, with why: a column named so is
+#: refused, never silently dropped (``ADDL``, ``II`` and ``SS`` are read; ``C`` marks comments).
+RESERVED_COLUMNS: dict[str, str] = {
+    "OCC": "occasions are not modelled yet (between-occasion variability is planned)",
+    "LAGT": "a dose lag time is a model parameter here, not a data item",
+    "PCMT": "the prediction compartment is chosen by the analyte (ANALYTE or DVID), not PCMT",
+    "CALL": "PREDPP call records are not used",
+    "CONT": "continuation records are not read",
+    "L1": "NONMEM's L1 record grouping is not read: each ID is one subject",
+    "L2": "NONMEM's L2 (correlated observations) is not modelled",
+    "MRG_": "NONMEM's merged-record items are not read",
+    "RAW_": "NONMEM's raw-record items are not read",
+    "RPT_": "NONMEM's repeated-record items are not read",
+    "DATE": _DATE_REASON,
+    "DAT1": _DATE_REASON,
+    "DAT2": _DATE_REASON,
+    "DAT3": _DATE_REASON,
+    "DROP": "NONMEM's DROP label is not read: remove the column",
+    "SKIP": "NONMEM's SKIP label is not read: remove the column",
+    **{
+        f"{prefix}{n}": reason
+        for prefix, reason in (
+            ("ALAG", "a dose lag time (ALAGn) is a model parameter here, not a data item"),
+            ("F", "a bioavailability (Fn) is a model parameter here, not a data item"),
+            ("BIOAV", "a bioavailability is a model parameter here, not a data item"),
+            ("R", "a modelled infusion rate (Rn) is a model parameter here: give RATE -1"),
+            ("D", "a modelled infusion duration (Dn) is a model parameter here: give RATE -2"),
+            ("XVID", "extra event identifiers (XVID1-5) are not read"),
+        )
+        for n in range(1, 10)
+    },
+}
+
 
 # --------------------------------------------------------------------------------------
 # Analytes, endpoints and dose targets
@@ -254,15 +323,23 @@ __all__ = [
     "DEFAULT_DOSE_CMT",
     "DEFAULT_DVID",
     "DEFAULT_SEX_MAP",
+    "DOSE_EVIDS",
     "DOSE_TARGETS",
     "ENDPOINT_OF_INDICATION",
     "EVID_DOSE",
     "EVID_OBSERVATION",
     "EVID_OTHER",
+    "EVID_RESET",
+    "EVID_RESET_DOSE",
     "INDICATIONS",
     "MOLAR_MASS_G_MOL",
     "NUMERIC_COLUMNS",
     "OPTIONAL_EVENT_COLUMNS",
+    "RESERVED_COLUMNS",
+    "ROUTES",
+    "ROUTE_CENTRAL",
+    "ROUTE_DEPOT",
+    "ROUTE_PATTERN",
     "SCORE_ANALYTES",
     "UNIT_FACTORS",
     "VALID_EVID",

@@ -112,6 +112,24 @@ def add_dur(value: str) -> Mutation:
     return mutate
 
 
+def with_columns(
+    added: dict[str, str], changes: dict[str, str], pick: Callable[[pd.DataFrame], int]
+) -> Mutation:
+    """Add columns (``added``: name -> value on every row, after RATE), then set ``changes`` on
+    the row ``pick`` chooses; the expected line is that row's."""
+
+    def mutate(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+        out = frame.copy()
+        for k, (name, value) in enumerate(added.items()):
+            out.insert(out.columns.get_loc("RATE") + 1 + k, name, value)
+        i = pick(out)
+        for col, value in changes.items():
+            out.loc[i, col] = value
+        return out, i + 2
+
+    return mutate
+
+
 def move_last_row_of_subject_to_end(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     idx = subject_rows(frame)
     moved = frame.loc[[idx[-1]]]
@@ -234,6 +252,15 @@ COLUMN_CASES: list[Case] = [
     ),
     Case("column-duplicate", rename_column("AGE", "WT"), "column-duplicate", "WT"),
     Case(
+        "reserved-OCC",
+        copy_column("ID", "OCC"),
+        "column-reserved",
+        "OCC",
+        message="occasions are not modelled yet",
+    ),
+    Case("reserved-ALAG1", copy_column("ID", "ALAG1"), "column-reserved", "ALAG1"),
+    Case("reserved-F1", copy_column("ID", "F1"), "column-reserved", "F1"),
+    Case(
         "non-numeric-TIME",
         set_value("TIME", "abc", middle),
         "column-numeric",
@@ -275,8 +302,14 @@ COLUMN_CASES: list[Case] = [
 # Codes and units: test_codes_units ----------------------------------------------------
 
 CODE_UNIT_CASES: list[Case] = [
-    Case("EVID-3", set_value("EVID", "3", obs_row), "evid-unknown", "EVID"),
-    Case("EVID-4", set_value("EVID", "4", dose_row), "evid-unknown", "EVID", also=("no-dose",)),
+    Case("EVID-5", set_value("EVID", "5", obs_row), "evid-unknown", "EVID"),
+    Case(
+        "EVID-9-on-dose",
+        set_value("EVID", "9", dose_row),
+        "evid-unknown",
+        "EVID",
+        also=("no-dose",),
+    ),
     Case("EVID-missing", set_value("EVID", ".", obs_row), "evid-unknown", "EVID"),
     Case(
         "rxode2-EVID-101-unmapped",
@@ -288,6 +321,13 @@ CODE_UNIT_CASES: list[Case] = [
     Case("MDV-0-on-dose", set_value("MDV", "0", dose_row), "mdv-invalid", "MDV"),
     Case("MDV-2", set_value("MDV", "2", obs_row), "mdv-invalid", "MDV"),
     Case("MDV-missing", set_value("MDV", ".", obs_row), "mdv-invalid", "MDV", message="missing"),
+    Case(
+        "reset-with-MDV-0",
+        set_values({"EVID": "3", "MDV": "0"}, obs_row),
+        "mdv-invalid",
+        "MDV",
+        message="reset rows",
+    ),
     Case(
         "dose-target-by-ANALYTE",
         set_values({"ANALYTE": "S_NK", "CMT": "."}, dose_row),
@@ -335,6 +375,44 @@ CODE_UNIT_CASES: list[Case] = [
         data_cfg={"units": {"conc": "nM"}},
         message="DRUG",
     ),
+    Case(
+        "ROUTE-not-a-name",
+        with_columns({"ROUTE": ""}, {"ROUTE": "iv bolus"}, dose_row),
+        "dose-route",
+        "ROUTE",
+        message="'iv bolus'",
+    ),
+    Case(
+        "dose-CMT-not-in-dose_route",
+        set_value("CMT", "5", dose_row),
+        "dose-route",
+        "CMT",
+        data_cfg={"codes": {"dose_route": {"1": "central", "2": "central", "3": "central"}}},
+        message="not in config data.codes.dose_route",
+    ),
+    Case(
+        "ROUTE-disagrees-with-CMT-route",
+        with_columns({"ROUTE": ""}, {"ROUTE": "depot"}, dose_row),
+        "dose-route",
+        "ROUTE",
+        data_cfg={"codes": {"dose_route": {"1": "central", "2": "central", "3": "central"}}},
+        message="'depot' vs 'central'",
+    ),
+    Case(
+        "PRODUCT-ANALYTE-mismatch",
+        with_columns({"PRODUCT": ""}, {"PRODUCT": "S_KET"}, dose_row),
+        "analyte-code-mismatch",
+        "ANALYTE",
+        message="ANALYTE disagrees with PRODUCT",
+    ),
+    Case(
+        "single-drug-score-row",
+        lambda f: (f.drop(columns=["LLOQ", "BLQ"]), madrs_row(f) + 2),
+        "single-drug",
+        "ANALYTE",
+        data_cfg={"single_drug": True},
+        message="MADRS",
+    ),
     Case("SEX-unknown", set_subject("SEX", "X"), "covariate-value", "SEX", message="'X'"),
     Case(
         "CYP2B6-unknown",
@@ -363,9 +441,69 @@ ROW_VALUE_CASES: list[Case] = [
     Case("dose-AMT-zero", set_value("AMT", "0", dose_row), "dose-amt", "AMT"),
     Case("dose-AMT-missing", set_value("AMT", ".", later_dose_row), "dose-amt", "AMT"),
     Case("dose-AMT-negative", set_value("AMT", "-10", dose_row), "dose-amt", "AMT"),
-    Case("negative-RATE", set_value("RATE", "-1", dose_row), "dose-rate", "RATE"),
-    Case("modelled-RATE-minus-2", set_value("RATE", "-2", later_dose_row), "dose-rate", "RATE"),
+    Case("negative-RATE", set_value("RATE", "-5", dose_row), "dose-rate", "RATE"),
+    Case("RATE-minus-3", set_value("RATE", "-3", later_dose_row), "dose-rate", "RATE"),
     Case("negative-DUR", add_dur("-1"), "dose-rate", "DUR"),
+    Case(
+        "modelled-RATE-with-DUR",
+        lambda f: set_value("RATE", "-2", dose_row)(add_dur("0.5")(f)[0]),
+        "dose-rate",
+        "DUR",
+        message="modelled RATE",
+    ),
+    Case(
+        "SS-without-II",
+        with_columns({"SS": "0", "II": "0"}, {"SS": "1"}, dose_row),
+        "dose-ss",
+        "II",
+    ),
+    Case("SS-3", with_columns({"SS": "0", "II": "0"}, {"SS": "3"}, dose_row), "dose-ss", "SS"),
+    Case(
+        "SS-on-observation",
+        with_columns({"SS": "0", "II": "0"}, {"SS": "1", "II": "24"}, obs_row),
+        "dose-ss",
+        "SS",
+    ),
+    Case(
+        "SS-infusion-with-ADDL",
+        with_columns(
+            {"SS": "0", "II": "0", "ADDL": "0"},
+            {"SS": "1", "AMT": "0", "RATE": "10", "ADDL": "2", "II": "24"},
+            dose_row,
+        ),
+        "dose-ss",
+        "ADDL",
+    ),
+    Case(
+        "ADDL-without-II",
+        with_columns({"II": "0", "ADDL": "0"}, {"ADDL": "2"}, dose_row),
+        "dose-addl",
+        "II",
+    ),
+    Case(
+        "ADDL-negative",
+        with_columns({"II": "0", "ADDL": "0"}, {"ADDL": "-1", "II": "24"}, dose_row),
+        "dose-addl",
+        "ADDL",
+    ),
+    Case(
+        "ADDL-fraction",
+        with_columns({"II": "0", "ADDL": "0"}, {"ADDL": "1.5", "II": "24"}, dose_row),
+        "dose-addl",
+        "ADDL",
+    ),
+    Case(
+        "ADDL-on-observation",
+        with_columns({"II": "0", "ADDL": "0"}, {"ADDL": "2", "II": "24"}, obs_row),
+        "dose-addl",
+        "ADDL",
+    ),
+    Case(
+        "II-negative",
+        with_columns({"II": "0", "ADDL": "0"}, {"II": "-24"}, dose_row),
+        "dose-addl",
+        "II",
+    ),
     Case("RATE-times-DUR-not-AMT", add_dur("1000"), "dose-rate", "DUR"),
     Case("DV-missing-MDV-0", set_value("DV", ".", obs_row), "dv-missing", "DV"),
     Case("score-missing-MDV-0", set_value("DV", ".", madrs_row), "dv-missing", "DV"),

@@ -11,8 +11,9 @@ from malformed_cases import CASES
 
 from ketamine_pmx.data import RULES
 
-#: Rules that only warn, each with its own test (test_columns, test_relational).
-WARNING_RULES = {"column-case", "conc-before-dose", "observation-replicate"}
+#: Rules that only warn, each with its own test (test_columns, test_relational,
+#: test_nonmem_records).
+WARNING_RULES = {"column-case", "column-ignored", "conc-before-dose", "observation-replicate"}
 
 
 def test_every_rule_has_a_malformed_case():

@@ -36,18 +36,25 @@ from ketamine_pmx.contract import (
     DEFAULT_DOSE_CMT,
     DEFAULT_DVID,
     DEFAULT_SEX_MAP,
+    DOSE_EVIDS,
     DOSE_TARGETS,
     EVID_DOSE,
     EVID_OBSERVATION,
     EVID_OTHER,
+    EVID_RESET,
+    EVID_RESET_DOSE,
     INDICATIONS,
     MOLAR_MASS_G_MOL,
     NUMERIC_COLUMNS,
     OPTIONAL_EVENT_COLUMNS,
+    RESERVED_COLUMNS,
+    ROUTE_PATTERN,
     SCORE_ANALYTES,
+    VALID_EVID,
     unit_factor,
 )
 from ketamine_pmx.io import check_outputs, write_csv, write_json, write_text
+from ketamine_pmx.pk import expand_additional_doses
 
 #: Every rule a dataset is checked against: id -> what it requires.
 RULES: dict[str, str] = {
@@ -59,20 +66,37 @@ RULES: dict[str, str] = {
     "column already named as its contract column, and no file column is mapped twice",
     "column-case": "a column named as a known column in another case (e.g. 'mdv') is not used: "
     "column names are case-sensitive (a warning; rename it or map it in config data.columns)",
+    "column-reserved": "no column is a NONMEM-reserved data item that is not read here (OCC, "
+    "LAGT, ALAG1-9, F1-9, BIOAV1-9, R1-9, D1-9, PCMT, CALL, CONT, XVID1-9, L1, L2, MRG_, RAW_, "
+    "RPT_, DATE, DAT1-3, DROP, SKIP): it would change the model in NONMEM, so it is refused "
+    "with the reason, never dropped",
+    "column-ignored": "a column that is neither in the contract nor reserved is not used (a "
+    "warning, once per column)",
     "column-numeric": "numeric columns hold numbers ('.' or empty for missing)",
     "id-missing": "every row has an ID",
     "id-contiguous": "the rows of a subject are contiguous (sorted by ID, then TIME)",
     "time-invalid": "TIME is present and >= 0",
     "time-order": "TIME does not decrease within a subject",
-    "evid-unknown": "EVID is 0 (observation), 1 (dose) or 2 (other); resets (3/4) are not supported",
-    "mdv-invalid": "MDV is 0 or 1, and 1 on dose rows (without an MDV column: 0 on observation "
-    "rows, 1 elsewhere)",
-    "dose-amt": "dose rows have a positive AMT",
-    "dose-rate": "RATE is >= 0 (modelled rates -1/-2 are not supported) and DUR, when given, is > 0",
-    "dose-target": f"dose rows name a dose target ({', '.join(DOSE_TARGETS)}) by ANALYTE or CMT "
-    "code",
+    "evid-unknown": "EVID is 0 (observation), 1 (dose), 2 (other), 3 (reset) or 4 (reset and dose)",
+    "mdv-invalid": "MDV is 0 or 1, and 1 on dose and reset rows (without an MDV column: 0 on "
+    "observation rows, 1 elsewhere)",
+    "dose-amt": "dose rows (EVID 1/4) have a positive AMT (AMT 0 only on a steady-state "
+    "infusion: SS 1 with RATE > 0)",
+    "dose-rate": "RATE is >= 0 or -1/-2 (rate/duration modelled, kept as written); DUR, when "
+    "given, is > 0 and agrees with RATE x DUR = AMT, and not beside a modelled RATE",
+    "dose-ss": "SS is 0, 1 or 2, set on dose rows only; a steady-state dose has II > 0 (but SS "
+    "1 with AMT 0 and RATE > 0, a constant infusion at steady state, which has no ADDL)",
+    "dose-addl": "ADDL is a whole number >= 0, set on dose rows only, with II > 0; II is >= 0",
+    "dose-route": "a dose's route (ROUTE column, or CMT by config data.codes.dose_route) is a "
+    "lower-case name (central, depot or a route of the model), its CMT code is mapped, and "
+    "ROUTE and CMT agree where both give it",
+    "dose-target": f"dose rows name a dose product ({', '.join(DOSE_TARGETS)}) by ANALYTE, "
+    "PRODUCT or CMT code (or config data.single_drug)",
     "analyte-unknown": "observation rows name a known analyte/endpoint by ANALYTE or code",
-    "analyte-code-mismatch": "ANALYTE agrees with the CMT/DVID code where both are given",
+    "analyte-code-mismatch": "ANALYTE agrees with PRODUCT and the CMT/DVID code where they are "
+    "given",
+    "single-drug": "with config data.single_drug no observation row names a clinical score in "
+    "ANALYTE (every observation is a DRUG concentration)",
     "dv-missing": "observation rows with MDV 0 have a DV (or are BLQ)",
     "dv-negative": "concentrations are >= 0",
     "score-range": "clinical scores lie within their scale (MADRS 0-60, NRS 0-10)",
@@ -86,7 +110,8 @@ RULES: dict[str, str] = {
     "covariate-constant": "baseline covariates (WT, AGE, SEX, CYP2B6, DSER, MG, INDICATION, "
     "STUDY, ARM) are constant within a subject",
     "covariate-range": "covariates lie in their plausible range (config data.plausibility)",
-    "duplicate-record": "no two dose rows describe the same dose (ID, TIME, ANALYTE, AMT, RATE) "
+    "duplicate-record": "no two dose rows describe the same dose (ID, TIME, ANALYTE, ROUTE, AMT, "
+    "RATE, SS, II, ADDL) "
     "and no two observation rows are equal in every field",
     "observation-replicate": "observations of one analyte at one TIME in a subject with different "
     "values (replicate assays, as NONMEM reads them) are each used, counted in the summary (a "
@@ -255,9 +280,7 @@ def _read_typed(path: Path, data: dict[str, Any]) -> pd.DataFrame:
     raw_names = list(_read_csv(path, rows=False, nrows=0).columns)
     canonical = {user: key for key, user in data["columns"].items()}
     role = {raw: canonical.get(raw.strip(), raw.strip()) for raw in raw_names}
-    numeric = {
-        r for r in raw_names if role[r] in (*NUMERIC_COLUMNS, "CMT", "DVID") and role[r] != "ID"
-    }
+    numeric = {r for r in raw_names if role[r] in (*NUMERIC_COLUMNS, "CMT") and role[r] != "ID"}
     parts: dict[str, list[np.ndarray]] = {raw: [] for raw in raw_names}
     as_text: set[str] = set()
     try:
@@ -275,7 +298,8 @@ def _read_typed(path: Path, data: dict[str, Any]) -> pd.DataFrame:
                     col = chunk[raw]
                     if raw not in numeric:  # strip each distinct value once
                         stripped = [str(c).strip() for c in col.cat.categories]
-                        parts[raw].append(np.array(stripped, dtype=object)[col.cat.codes])
+                        # code -1 (a field a short row lacks, e.g. a comment) reads as empty
+                        parts[raw].append(np.array([*stripped, ""], dtype=object)[col.cat.codes])
                     elif col.dtype.kind in "iuf" and not np.isinf(col).any():
                         # A copy: a view would keep the chunk's whole block of floats alive.
                         parts[raw].append(col.to_numpy(dtype=float, copy=True))
@@ -313,13 +337,24 @@ def load_dataset(path: str | Path, data: dict[str, Any]) -> ValidatedData:
 
 def validate_frame(raw: pd.DataFrame, data: dict[str, Any], source: str) -> ValidatedData:
     """Validate a text frame (as from :func:`read_raw`; :func:`load_dataset` passes numeric
-    columns already parsed as finite floats) and return the clean table."""
+    columns already parsed as finite floats) and return the clean table.
+
+    Every problem is collected before anything is raised: a missing column does not hide the
+    problems of the other columns (only the rules that need the missing column are skipped)."""
     problems: list[Problem] = []
-    frame = _apply_column_map(raw, data, problems)
+    frame, absent = _apply_column_map(raw, data, problems)
     del raw  # columns replaced below are freed as they go (the caller's copy aside)
-    note = _code_numbering_note(frame.columns, data["codes"])
-    if _has_errors(problems):
+    note = _code_numbering_note(frame.columns, data)
+    frame, comments = _drop_comment_rows(frame)
+    if frame.empty:
+        problems.append(
+            Problem(
+                "file-readable",
+                f"the file has no data rows ({comments} comment rows ignored)",
+            )
+        )
         raise DataValidationError(source, problems, note)
+    frame = _with_placeholders(frame, absent)
     frame = _parse_numbers(frame, problems)
     analyte_in_file = "ANALYTE" in frame.columns
     frame = _map_codes(frame, data, problems)
@@ -330,15 +365,106 @@ def validate_frame(raw: pd.DataFrame, data: dict[str, Any], source: str) -> Vali
     frame = _convert_units(frame, data["units"], problems)
     problems += _schema_problems(frame, data)
     problems += _relational_problems(frame, data, analyte_in_file, mdv_derived)
+    problems = [p for p in problems if not (_RULE_NEEDS.get(p.rule, _CORE) & absent)]
     if _has_errors(problems):
         raise DataValidationError(source, problems, note)
     table, notes, more = _finalise(frame, data)
     notes["mdv_derived_from_evid"] = mdv_derived
+    notes["comment_rows_ignored"] = comments
     notes["replicate_observation_rows"] = sum(
         len(p.lines) for p in problems if p.rule == "observation-replicate"
     )
     warnings = [p for p in problems + more if p.severity == "warning"]
     return ValidatedData(table=table, source=source, warnings=warnings, notes=notes)
+
+
+#: What the missing-product and missing-observation-code parts of a missing ANALYTE are called
+#: among the absent columns of :func:`validate_frame`.
+_NO_PRODUCT, _NO_OBS_CODE = "ANALYTE of doses", "ANALYTE of observations"
+_CORE = frozenset(CORE_COLUMNS)
+#: The columns each rule's checks rely on: where one is missing (reported as column-required),
+#: the rule's findings would be artefacts of the missing column and are not reported. A rule
+#: not listed relies on every core column.
+_RULE_NEEDS: dict[str, frozenset[str]] = {
+    rule: frozenset(needs)
+    for rule, needs in {
+        "file-readable": (),
+        "column-duplicate": (),
+        "column-required": (),
+        "column-map-conflict": (),
+        "column-case": (),
+        "column-reserved": (),
+        "column-ignored": (),
+        "column-numeric": (),
+        "id-missing": ("ID",),
+        "id-contiguous": ("ID",),
+        "time-invalid": ("TIME",),
+        "time-order": ("ID", "TIME"),
+        "evid-unknown": ("EVID",),
+        "mdv-invalid": ("EVID",),
+        "dose-amt": ("EVID", "AMT"),
+        "dose-rate": ("EVID", "AMT"),
+        "dose-ss": ("EVID", "AMT"),
+        "dose-addl": ("EVID",),
+        "dose-route": ("EVID",),
+        "dose-target": ("EVID", _NO_PRODUCT),
+        "analyte-unknown": ("EVID", _NO_OBS_CODE),
+        "analyte-code-mismatch": ("EVID",),
+        "single-drug": ("EVID",),
+        "dv-missing": ("EVID", "DV"),
+        "dv-negative": ("EVID", "DV", _NO_OBS_CODE),
+        "score-range": ("EVID", "DV", _NO_OBS_CODE),
+        "unit-conversion": ("EVID", _NO_OBS_CODE),
+        "blq-invalid": ("EVID", "DV", _NO_OBS_CODE),
+        "covariate-missing": (),
+        "covariate-value": (),
+        "covariate-constant": ("ID",),
+        "covariate-range": (),
+        "no-dose": ("ID", "EVID"),
+        "duplicate-record": (*CORE_COLUMNS, _NO_PRODUCT, _NO_OBS_CODE),
+        "observation-replicate": (*CORE_COLUMNS, _NO_OBS_CODE),
+        "dose-after-observations": ("ID", "TIME", "EVID", _NO_OBS_CODE),
+        "conc-before-dose": ("ID", "TIME", "EVID", "DV", _NO_OBS_CODE),
+    }.items()
+}
+
+
+def _with_placeholders(frame: pd.DataFrame, absent: set[str]) -> pd.DataFrame:
+    """``frame`` with an empty column in place of each missing core column, so that the other
+    columns are still checked (the rules needing a missing column are skipped)."""
+    missing = [c for c in CORE_COLUMNS if c in absent and c not in frame.columns]
+    if not missing:
+        return frame
+    out = frame.copy(deep=False)
+    for col in missing:
+        out[col] = "" if col == "ID" else np.nan
+    return out
+
+
+def _drop_comment_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """``frame`` without NONMEM comment rows, and how many there were (rows keep their index,
+    so that problems name their file lines). A row is a comment where a ``C`` column holds a
+    value (not empty, not '.'), where the first field starts with '#' (``$DATA IGNORE=#``), or
+    where the first column is ID and its value starts with 'C' in a file of numeric IDs
+    (``IGNORE=C``; a file of text IDs keeps its 'C...' IDs)."""
+    comment = pd.Series(False, index=frame.index)
+    if "C" in frame.columns:
+        mark = frame["C"].astype(object)
+        comment |= mark.notna() & ~mark.astype(str).str.strip().isin(MISSING_TOKENS)
+    first = frame.iloc[:, 0]
+    if first.dtype == object:
+        text = first.astype(str).str.lstrip()
+        comment |= text.str.startswith("#")
+        if frame.columns[0] == "ID":
+            numeric = pd.to_numeric(text.where(~comment), errors="coerce").notna()
+            starts_c = text.str.startswith("C") & ~numeric
+            text_ids = ~numeric & ~starts_c & ~comment & ~text.isin(MISSING_TOKENS)
+            if numeric.any() and not text_ids.any():
+                comment |= starts_c
+    count = int(comment.sum())
+    if count:
+        frame = frame[~comment.to_numpy()]
+    return frame, count
 
 
 def _has_errors(problems: list[Problem]) -> bool:
@@ -350,11 +476,12 @@ def _numbering(codes: dict[Any, str]) -> str:
     return ", ".join(f"{k} {v}" for k, v in codes.items())
 
 
-def _code_numbering_note(columns: Iterable[str], codes: dict[str, Any]) -> str:
+def _code_numbering_note(columns: Iterable[str], data: dict[str, Any]) -> str:
     """How a file without an ANALYTE column is read where config ``data.codes`` leaves a code
     map at the contract's numbering (empty otherwise): a file numbered otherwise (its drug as
     DVID 1, MADRS as DVID 7) is misread as ketamine analytes, so every refusal says so."""
-    if "ANALYTE" in columns:
+    codes = data["codes"]
+    if "ANALYTE" in columns or data.get("single_drug"):
         return ""
     obs_col = codes["observation_code_column"]
     maps = [
@@ -364,6 +491,7 @@ def _code_numbering_note(columns: Iterable[str], codes: dict[str, Any]) -> str:
             ("observation", f"observation {obs_col}", DEFAULT_DVID),
         )
         if {str(k): v for k, v in codes[key].items()} == {str(k): v for k, v in default.items()}
+        and not (key == "dose_cmt" and (codes.get("dose_route") or "PRODUCT" in columns))
     ]
     if not maps:
         return ""
@@ -379,20 +507,39 @@ def _code_numbering_note(columns: Iterable[str], codes: dict[str, Any]) -> str:
 
 def _apply_column_map(
     raw: pd.DataFrame, data: dict[str, Any], problems: list[Problem]
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, set[str]]:
+    """The frame with the config's column names applied, and the contract columns it lacks
+    (each reported here; the two parts of a missing ANALYTE as ``_NO_PRODUCT`` and
+    ``_NO_OBS_CODE``). Reserved NONMEM columns are refused, other unknown columns reported as
+    ignored."""
     rename, conflicted = _column_map(list(raw.columns), data["columns"], problems)
     frame = raw.copy(deep=False)  # renamed without copying the data
     frame.columns = [rename.get(c, c) for c in raw.columns]
+    twice = {c for c in frame.columns if list(frame.columns).count(c) > 1}
+    if twice:  # a map conflict (reported): neither column is read
+        frame = frame.loc[:, [c not in twice for c in frame.columns]]
     known = set(CORE_COLUMNS) | set(OPTIONAL_EVENT_COLUMNS) | set(COVARIATES)
     unrecognised = [c for c in frame.columns if c not in known]
     required = list(CORE_COLUMNS) + list(data["required_covariates"])
     missing = [c for c in required if c not in frame.columns and c not in conflicted]
+    absent = {c for c in required if c not in frame.columns}
     obs_col = data["codes"]["observation_code_column"]
-    if "ANALYTE" not in frame.columns and (
-        obs_col not in frame.columns or "CMT" not in frame.columns
-    ):
-        need = sorted({obs_col, "CMT"} - set(frame.columns))
-        missing.append(f"ANALYTE (or {' and '.join(need)} codes)")
+    columns = set(frame.columns)
+    single = bool(data.get("single_drug"))
+    by_route = bool(data["codes"].get("dose_route"))
+    no_product = not single and not columns & {"ANALYTE", "PRODUCT"}
+    no_product = no_product and ("CMT" not in columns or by_route)
+    no_obs_code = not single and "ANALYTE" not in columns and obs_col not in columns
+    if no_product or no_obs_code:
+        need = [f"{obs_col} codes"] if no_obs_code else []
+        if no_product:
+            need.append("PRODUCT" if by_route else "PRODUCT or CMT codes")
+        missing.append(
+            f"ANALYTE (or {' and '.join(need)}; or config data.single_drug for a "
+            "single-drug dataset)"
+        )
+        absent |= {_NO_PRODUCT} if no_product else set()
+        absent |= {_NO_OBS_CODE} if no_obs_code else set()
     by_case = {c.upper(): c for c in reversed(unrecognised) if c.upper() in known}
     for col in missing:
         base = col.split(" ")[0]
@@ -427,7 +574,30 @@ def _apply_column_map(
                     severity="warning",
                 )
             )
-    return frame
+    for col in unrecognised:
+        reason = RESERVED_COLUMNS.get(col) or RESERVED_COLUMNS.get(col.upper())
+        if reason:
+            problems.append(
+                Problem(
+                    "column-reserved",
+                    f"column {col} is a NONMEM-reserved data item that is not read here: "
+                    f"{reason}; remove the column, or rename it if it means something else",
+                    column=col,
+                    lines=(1,),
+                )
+            )
+        elif col.upper() not in known:
+            problems.append(
+                Problem(
+                    "column-ignored",
+                    f"column {col!r} is not in the data contract and is not used (map it in "
+                    "config data.columns if it is a contract column under another name)",
+                    column=col,
+                    lines=(1,),
+                    severity="warning",
+                )
+            )
+    return frame, absent
 
 
 def _column_map(
@@ -495,7 +665,7 @@ def _column_map(
 
 def _parse_numbers(frame: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame:
     out = frame.copy(deep=False)  # columns are replaced, never changed in place
-    for col in (*NUMERIC_COLUMNS, "CMT", "DVID"):
+    for col in (*NUMERIC_COLUMNS, "CMT"):
         if col not in out.columns or col == "ID" or out[col].dtype.kind == "f":
             continue  # a float column was read as finite numbers (see _read_typed)
         text = out[col]
@@ -534,7 +704,7 @@ def _parse_numbers(frame: pd.DataFrame, problems: list[Problem]) -> pd.DataFrame
         ).infer_objects()
     else:
         out["ID"] = pd.Series(distinct.where(~missing, None).to_numpy()[codes], index=out.index)
-    for col in (*CATEGORICAL_COVARIATES, "ANALYTE"):
+    for col in (*CATEGORICAL_COVARIATES, "ANALYTE", "PRODUCT", "ROUTE", "DVID"):
         if col in out.columns:
             out[col] = out[col].where(~out[col].isin(MISSING_TOKENS))
     return out
@@ -553,25 +723,60 @@ def _upper(series: pd.Series) -> pd.Series:
     return _map_distinct(series, lambda v: v.upper() if isinstance(v, str) else np.nan)
 
 
-def _code_key(value: float) -> str | None:
-    if pd.isna(value):
+def _code_key(value: Any) -> str | None:
+    """A code as a map key: a number as written without a needless '.0' ('1.0' and 1 are
+    '1'), text in lower case ('CP' is 'cp'); ``None`` for a missing code."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
         return None
-    return str(int(value)) if float(value).is_integer() else str(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text in MISSING_TOKENS:
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            return text.lower()
+    value = float(value)
+    return str(int(value)) if value.is_integer() else str(value)
 
 
 def _map_codes(frame: pd.DataFrame, data: dict[str, Any], problems: list[Problem]) -> pd.DataFrame:
+    """EVID codes mapped; ``ANALYTE`` (the product of a dose, the analyte or endpoint of an
+    observation) from ANALYTE, PRODUCT or the codes; ``ROUTE`` of doses from ROUTE or CMT."""
     out = frame.copy(deep=False)  # columns are replaced, never changed in place
     codes = data["codes"]
     if codes["evid"]:
         evid_map = {float(k): float(v) for k, v in codes["evid"].items()}
         out["EVID"] = _map_distinct(out["EVID"], lambda v: evid_map.get(v, v)).astype(float)
-    is_dose = out["EVID"] == EVID_DOSE
+    is_dose = out["EVID"].isin(DOSE_EVIDS)
     is_obs = out["EVID"] == EVID_OBSERVATION
-    dose_map = {str(k): v for k, v in codes["dose_cmt"].items()}
-    obs_map = {str(k): v for k, v in codes["observation"].items()}
+    route_map = {_code_key(k): v for k, v in (codes.get("dose_route") or {}).items()}
+    dose_map = {} if route_map else {_code_key(k): v for k, v in codes["dose_cmt"].items()}
+    obs_map = {_code_key(k): v for k, v in codes["observation"].items()}
     obs_col = codes["observation_code_column"]
+    out["ROUTE"] = _routes(out, is_dose, route_map, problems)
+    if data.get("single_drug"):
+        if "ANALYTE" in out.columns:
+            named = _upper(out["ANALYTE"])
+            score = is_obs & named.isin(SCORE_ANALYTES)
+            if score.any():
+                problems.append(
+                    Problem(
+                        "single-drug",
+                        f"an observation names the score {sorted(set(named[score]))[0]} in "
+                        "ANALYTE, but config data.single_drug reads every observation as a "
+                        "DRUG concentration: remove the score rows, or drop data.single_drug "
+                        "and map the file's codes",
+                        column="ANALYTE",
+                        lines=_lines(out.index[score]),
+                    )
+                )
+        out["ANALYTE"] = pd.Series(
+            np.where(is_dose | is_obs, "DRUG", None), index=out.index, dtype=object
+        )
+        return out
     from_codes = pd.Series(pd.NA, index=out.index, dtype="object")
-    if "CMT" in out.columns:
+    if "CMT" in out.columns and dose_map:
         from_codes[is_dose] = _map_distinct(
             out.loc[is_dose, "CMT"],
             lambda v: pd.NA if pd.isna(v) else dose_map.get(_code_key(v), f"<CMT {_code_key(v)}>"),
@@ -580,32 +785,105 @@ def _map_codes(frame: pd.DataFrame, data: dict[str, Any], problems: list[Problem
         from_codes[is_obs] = _map_distinct(
             out.loc[is_obs, obs_col],
             lambda v: (
-                pd.NA if pd.isna(v) else obs_map.get(_code_key(v), f"<{obs_col} {_code_key(v)}>")
+                pd.NA
+                if _code_key(v) is None
+                else obs_map.get(_code_key(v), f"<{obs_col} {str(v).strip()}>")
             ),
         )
+    named: list[tuple[str, pd.Series]] = []
     if "ANALYTE" in out.columns:
-        given = _upper(out["ANALYTE"])
-        both = given.notna() & from_codes.notna() & (is_dose | is_obs)
-        mismatch = both & (given != from_codes)
-        if mismatch.any():
+        named.append(("ANALYTE", _upper(out["ANALYTE"])))
+    if "PRODUCT" in out.columns:
+        named.append(("PRODUCT", _upper(out["PRODUCT"]).where(is_dose)))
+    analyte = from_codes
+    for _, given in reversed(named):  # ANALYTE first, then PRODUCT, then the codes
+        analyte = given.where(given.notna(), analyte)
+    for column, given in named:
+        others = [("the code", from_codes)] + [(c, g) for c, g in named if c != column]
+        for label, other in others:
+            mismatch = given.notna() & other.notna() & (is_dose | is_obs) & (given != other)
+            if column == "PRODUCT" and label == "ANALYTE":
+                continue  # reported once, as ANALYTE against PRODUCT
+            if not mismatch.any():
+                continue
             first = out.index[mismatch][0]
+            meaning = f"code meaning {other[first]!r}" if label == "the code" else label
             problems.append(
                 Problem(
                     "analyte-code-mismatch",
-                    f"ANALYTE disagrees with the code (e.g. {given[first]!r} vs code meaning "
-                    f"{from_codes[first]!r}); codes are read by config data.codes.dose_cmt and "
-                    f"data.codes.observation, which default to the project's numbering (dose "
-                    f"CMT {_numbering(DEFAULT_DOSE_CMT)}; observation "
-                    f"{codes['observation_code_column']} {_numbering(DEFAULT_DVID)}): fix the "
-                    "file or map its codes there",
-                    column="ANALYTE",
+                    f"{column} disagrees with {label} (e.g. {given[first]!r} vs {meaning}"
+                    f"{'' if label == 'the code' else f' {other[first]!r}'}); codes are read "
+                    "by config data.codes.dose_cmt and data.codes.observation, which default "
+                    f"to the project's numbering (dose CMT {_numbering(DEFAULT_DOSE_CMT)}; "
+                    f"observation {obs_col} {_numbering(DEFAULT_DVID)}): fix the file or map "
+                    "its codes there",
+                    column=column,
                     lines=_lines(out.index[mismatch]),
                 )
             )
-        out["ANALYTE"] = given.where(given.notna(), from_codes)
-    else:
-        out["ANALYTE"] = from_codes
+    out["ANALYTE"] = analyte
     return out
+
+
+def _routes(
+    frame: pd.DataFrame,
+    is_dose: pd.Series,
+    route_map: dict[str | None, str],
+    problems: list[Problem],
+) -> pd.Series:
+    """Each row's dose route: the ROUTE column's (lower case), else the CMT code's route by
+    config ``data.codes.dose_route``, else empty (the model's default route); empty on rows
+    that give no dose."""
+    route = pd.Series("", index=frame.index, dtype=object)
+    given = None
+    if "ROUTE" in frame.columns:
+        given = _map_distinct(
+            frame["ROUTE"], lambda v: str(v).strip().lower() if isinstance(v, str) else ""
+        )
+        bad = is_dose & (given != "") & ~given.str.match(ROUTE_PATTERN)
+        if bad.any():
+            problems.append(
+                Problem(
+                    "dose-route",
+                    f"ROUTE {sorted(set(given[bad]))[:3]} is not a route name: a letter, then "
+                    "letters, digits or _ (central, depot, or a route of the model such as oral)",
+                    column="ROUTE",
+                    lines=_lines(frame.index[bad]),
+                )
+            )
+        route = route.where(~is_dose, given)
+    if route_map and "CMT" in frame.columns:
+        keys = _map_distinct(frame["CMT"], _code_key)
+        from_cmt = _map_distinct(keys, lambda k: route_map.get(k, "") if k is not None else "")
+        unmapped = is_dose & keys.notna() & ~keys.isin(list(route_map))
+        if given is not None:
+            unmapped &= given == ""
+        if unmapped.any():
+            problems.append(
+                Problem(
+                    "dose-route",
+                    f"dose CMT code(s) {sorted(set(keys[unmapped].astype(str)))[:3]} are not "
+                    f"in config data.codes.dose_route ({_numbering(route_map)}): map each "
+                    "dose compartment to its route",
+                    column="CMT",
+                    lines=_lines(frame.index[unmapped]),
+                )
+            )
+        if given is not None:
+            differ = is_dose & (given != "") & (from_cmt != "") & (given != from_cmt)
+            if differ.any():
+                first = frame.index[differ][0]
+                problems.append(
+                    Problem(
+                        "dose-route",
+                        f"ROUTE disagrees with the CMT code's route by config "
+                        f"data.codes.dose_route (e.g. {given[first]!r} vs {from_cmt[first]!r})",
+                        column="ROUTE",
+                        lines=_lines(frame.index[differ]),
+                    )
+                )
+        route = route.where(~(is_dose & (route == "")), from_cmt)
+    return route
 
 
 def _configured_lloq(frame: pd.DataFrame, lloq: dict[str, float]) -> pd.DataFrame:
@@ -628,6 +906,7 @@ def _convert_units(
     for col, quantity in (
         ("TIME", "time"),
         ("DUR", "time"),
+        ("II", "time"),
         ("AMT", "amt"),
         ("RATE", "rate"),
         ("WT", "wt"),
@@ -635,7 +914,11 @@ def _convert_units(
         ("MG", "mg"),
     ):
         if col in out.columns:
-            out[col] = out[col] * unit_factor(quantity, units[quantity])
+            factor = unit_factor(quantity, units[quantity])
+            if col == "RATE":  # RATE -1/-2 are flags (rate/duration modelled), not rates
+                out[col] = out[col].where(out[col] < 0, out[col] * factor)
+            else:
+                out[col] = out[col] * factor
     conc_rows = out["ANALYTE"].isin(CONCENTRATION_ANALYTES) & (out["EVID"] == EVID_OBSERVATION)
     if units["conc"] == "nM":
         mw = (
@@ -681,11 +964,11 @@ def _schema(data: dict[str, Any], columns: Iterable[str]) -> pa.DataFrameSchema:
         "EVID": pa.Column(
             float,
             c.isin(
-                [0, 1, 2],
+                list(VALID_EVID),
                 error=_checked(
                     "evid-unknown",
-                    "EVID must be 0, 1 or 2; map other codes (e.g. rxode2's 101, a bolus) "
-                    "in config data.codes.evid",
+                    "EVID must be 0, 1, 2, 3 or 4; map other codes (e.g. rxode2's 101, a "
+                    "bolus) in config data.codes.evid",
                 ),
             ),
             nullable=True,
@@ -697,11 +980,33 @@ def _schema(data: dict[str, Any], columns: Iterable[str]) -> pa.DataFrameSchema:
         ),
         "RATE": pa.Column(
             float,
-            c.ge(
-                0,
+            c(
+                lambda x: (x >= 0) | x.isin([-1.0, -2.0]),
                 error=_checked(
-                    "dose-rate", "RATE must be >= 0 (modelled rate -1/-2 is not supported)"
+                    "dose-rate",
+                    "RATE must be >= 0, or -1 (rate modelled) / -2 (duration modelled)",
                 ),
+            ),
+            nullable=True,
+            required=False,
+        ),
+        "SS": pa.Column(
+            float,
+            c.isin([0, 1, 2], error=_checked("dose-ss", "SS must be 0, 1 or 2")),
+            nullable=True,
+            required=False,
+        ),
+        "II": pa.Column(
+            float,
+            c.ge(0, error=_checked("dose-addl", "II must be >= 0")),
+            nullable=True,
+            required=False,
+        ),
+        "ADDL": pa.Column(
+            float,
+            c(
+                lambda x: (x >= 0) & (x == np.floor(x)),
+                error=_checked("dose-addl", "ADDL must be a whole number >= 0"),
             ),
             nullable=True,
             required=False,
@@ -775,7 +1080,8 @@ def _relational_problems(
     """Rules across rows and columns that a column-wise schema cannot express."""
     p: list[Problem] = []
     f = frame
-    is_dose = f["EVID"] == EVID_DOSE
+    is_dose = f["EVID"].isin(DOSE_EVIDS)
+    is_reset = f["EVID"].isin([EVID_RESET, EVID_RESET_DOSE])
     is_obs = f["EVID"] == EVID_OBSERVATION
     analyte = f["ANALYTE"]
     is_conc = is_obs & analyte.isin(CONCENTRATION_ANALYTES)
@@ -793,7 +1099,12 @@ def _relational_problems(
     add("evid-unknown", f["EVID"].isna(), "EVID is missing", "EVID")
     add("time-invalid", f["TIME"].isna(), "TIME is missing", "TIME")
     add("mdv-invalid", f["MDV"].isna(), "MDV is missing", "MDV")
-    add("mdv-invalid", is_dose & (f["MDV"] != 1), "dose rows must have MDV 1", "MDV")
+    add(
+        "mdv-invalid",
+        (is_dose | is_reset) & (f["MDV"] != 1),
+        "dose and reset rows (EVID 1, 3, 4) must have MDV 1",
+        "MDV",
+    )
 
     # Subject order and time order.
     ids = f["ID"]
@@ -817,14 +1128,59 @@ def _relational_problems(
     )
 
     # Doses.
-    add("dose-amt", is_dose & ~(f["AMT"] > 0), "dose rows need a positive AMT", "AMT")
+    zero = pd.Series(0.0, index=f.index)
+    rate = f["RATE"].fillna(0.0) if "RATE" in f.columns else zero
+    ss = f["SS"].fillna(0.0) if "SS" in f.columns else zero
+    ii = f["II"].fillna(0.0) if "II" in f.columns else zero
+    addl = f["ADDL"].fillna(0.0) if "ADDL" in f.columns else zero
+    ss_infusion = is_dose & (ss == 1) & (f["AMT"].fillna(0.0) == 0) & (rate > 0)
+    add(
+        "dose-amt",
+        is_dose & ~(f["AMT"] > 0) & ~ss_infusion,
+        "dose rows need a positive AMT (AMT 0 only with SS 1 and RATE > 0, a steady-state "
+        "infusion)",
+        "AMT",
+    )
+    product_column = (
+        "ANALYTE" if analyte_in_file else "PRODUCT" if "PRODUCT" in f.columns else "CMT"
+    )
     add(
         "dose-target",
         is_dose & ~analyte.isin(list(DOSE_TARGETS)),
-        f"dose rows must deliver one of {list(DOSE_TARGETS)} (by ANALYTE or data.codes.dose_cmt); "
-        f"found {sorted(set(analyte[is_dose & ~analyte.isin(list(DOSE_TARGETS))].astype(str)))[:3]}",
-        "ANALYTE" if analyte_in_file else "CMT",
+        f"dose rows must deliver one of {list(DOSE_TARGETS)} (by ANALYTE, PRODUCT or "
+        "data.codes.dose_cmt); found "
+        f"{sorted(set(analyte[is_dose & ~analyte.isin(list(DOSE_TARGETS))].astype(str)))[:3]}",
+        product_column,
     )
+    add("dose-ss", ~is_dose & (ss > 0), "SS is set on a row that gives no dose", "SS")
+    add(
+        "dose-ss",
+        is_dose & (ss > 0) & ~(ii > 0) & ~ss_infusion,
+        "a steady-state dose (SS 1/2) needs II > 0, the interval of the doses before it (only "
+        "SS 1 with AMT 0 and RATE > 0, a constant infusion at steady state, has none)",
+        "II",
+    )
+    add(
+        "dose-ss",
+        ss_infusion & (addl > 0),
+        "a steady-state infusion (SS 1, AMT 0, RATE > 0) has no additional doses: ADDL must be 0",
+        "ADDL",
+    )
+    add("dose-addl", ~is_dose & (addl > 0), "ADDL is set on a row that gives no dose", "ADDL")
+    add(
+        "dose-addl",
+        is_dose & (addl > 0) & ~(ii > 0),
+        "ADDL > 0 needs II > 0, the interval between the additional doses",
+        "II",
+    )
+    if "DUR" in f.columns:
+        add(
+            "dose-rate",
+            is_dose & (rate < 0) & (f["DUR"] > 0),
+            "a modelled RATE (-1/-2) with a DUR: the model gives the rate or duration; drop "
+            "one of them",
+            "DUR",
+        )
     if "DUR" in f.columns and "RATE" in f.columns:
         both = is_dose & (f["RATE"] > 0) & (f["DUR"] > 0)
         add(
@@ -950,11 +1306,13 @@ def _relational_problems(
             )
 
     # Records and subjects.
-    key = ["ID", "TIME", "EVID", "ANALYTE", "AMT"] + (["RATE"] if "RATE" in f else [])
+    key = ["ID", "TIME", "EVID", "ANALYTE", "ROUTE", "AMT"] + [
+        c for c in ("RATE", "SS", "II", "ADDL") if c in f
+    ]
     add(
         "duplicate-record",
         f.duplicated(subset=key, keep=False) & is_dose,
-        "duplicate dose record (same ID, TIME, ANALYTE, AMT, RATE)",
+        "duplicate dose record (same ID, TIME, ANALYTE, ROUTE, AMT, RATE, SS, II, ADDL)",
         "ID",
     )
     # Two observations of one analyte at one time are replicates, as NONMEM reads them; only
@@ -1022,7 +1380,8 @@ def _relational_problems(
 def _finalise(
     frame: pd.DataFrame, data: dict[str, Any]
 ) -> tuple[pd.DataFrame, dict[str, Any], list[Problem]]:
-    """Apply BLQ handling, derive RATE from DUR and CYP2B6 class; drop rows that carry nothing.
+    """Apply BLQ handling, derive RATE from DUR and CYP2B6 class, expand ADDL into dose rows;
+    drop rows that carry nothing.
 
     ``frame`` (validate_frame's own) is consumed: its columns are replaced and then moved into
     the table, so that a large table is never held twice.
@@ -1032,15 +1391,16 @@ def _finalise(
         f[col] = f[col].copy()
     notes: dict[str, Any] = {}
     extra: list[Problem] = []
-    is_dose = f["EVID"] == EVID_DOSE
+    is_dose = f["EVID"].isin(DOSE_EVIDS)
     is_obs = f["EVID"] == EVID_OBSERVATION
-    if "RATE" not in f.columns:
-        f["RATE"] = 0.0
-    f["RATE"] = f["RATE"].fillna(0.0)
+    for col in ("RATE", "SS", "II", "ADDL"):
+        f[col] = f[col].fillna(0.0) if col in f.columns else 0.0
     if "DUR" in f.columns:
         use_dur = is_dose & (f["RATE"] == 0) & (f["DUR"] > 0)
         f.loc[use_dur, "RATE"] = f.loc[use_dur, "AMT"] / f.loc[use_dur, "DUR"]
-    f.loc[~is_dose, ["AMT", "RATE"]] = 0.0
+    f.loc[~is_dose, ["AMT", "RATE", "SS", "II", "ADDL"]] = 0.0
+    addl_ii = f["II"].to_numpy(copy=True)  # the interval of the additional doses
+    f.loc[(f["SS"] == 0), "II"] = 0.0  # II of the clean table: that of a steady state
     f["AMT"] = f["AMT"].fillna(0.0)
     for col in ("LLOQ", "BLQ"):
         if col not in f.columns:
@@ -1096,14 +1456,41 @@ def _finalise(
         if col not in f.columns:
             f[col] = np.nan
     every = rows.all()
+    addl = f.pop("ADDL").to_numpy() if every else f.pop("ADDL").to_numpy()[rows]
+    ii = addl_ii if every else addl_ii[rows]
     table = pd.DataFrame(
         {c: f.pop(c).to_numpy() if every else f.pop(c).to_numpy()[rows] for c in CLEAN_COLUMNS},
         copy=False,
     )
-    table["EVID"] = table["EVID"].astype(int)
-    table["MDV"] = table["MDV"].astype(int)
-    table["BLQ"] = table["BLQ"].astype(int)
+    for col in ("EVID", "MDV", "BLQ", "SS"):
+        table[col] = table[col].astype(int)
+    notes["dose_records"] = int(table["EVID"].isin(DOSE_EVIDS).sum())
+    notes["reset_rows"] = int(table["EVID"].isin([EVID_RESET, EVID_RESET_DOSE]).sum())
+    table = _expand_addl(table, ii, addl)
+    notes["doses_after_addl_expansion"] = int(table["EVID"].isin(DOSE_EVIDS).sum())
     return table, notes, extra
+
+
+def _expand_addl(table: pd.DataFrame, ii: np.ndarray, addl: np.ndarray) -> pd.DataFrame:
+    """``table`` with each dose row's ADDL additional doses as ordinary dose rows (EVID 1, SS
+    0, II 0) at TIME + k * II, placed in time order within the subject, after the rows of the
+    file at the same time."""
+    if not (addl > 0).any():
+        return table
+    rows, times = expand_additional_doses(table["TIME"].to_numpy(), ii, addl)
+    added_dose = np.r_[False, rows[1:] == rows[:-1]]  # k >= 1: not the row's own dose
+    source, times = rows[added_dose], times[added_dose]
+    added = table.iloc[source].reset_index(drop=True)
+    added["TIME"] = times
+    added["EVID"] = EVID_DOSE
+    added["SS"] = 0
+    added["II"] = 0.0
+    both = pd.concat([table, added], ignore_index=True)
+    subject = pd.factorize(both["ID"], use_na_sentinel=False)[0]
+    position = np.concatenate([np.arange(len(table)), source])
+    is_added = np.repeat([0, 1], [len(table), len(added)])
+    order = np.lexsort((position, is_added, both["TIME"].to_numpy(), subject))
+    return both.iloc[order].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -1114,7 +1501,10 @@ _CLEAN_DTYPES = {
     "EVID": int,
     "MDV": int,
     "BLQ": int,
+    "SS": int,
+    "II": float,
     "ANALYTE": str,
+    "ROUTE": str,
     "SEX": str,
     "CYP2B6": str,
     "CYP2B6_CLASS": str,
@@ -1154,7 +1544,7 @@ def summarise(validated: ValidatedData) -> dict[str, Any]:
         group_col = "ALL"
         subjects = subjects.assign(ALL="all")
     obs = t.loc[t["EVID"] == EVID_OBSERVATION, ["ID", "ANALYTE", "BLQ"]]  # columns used only
-    doses = t.loc[t["EVID"] == EVID_DOSE, ["ID"]]
+    doses = t.loc[t["EVID"].isin(DOSE_EVIDS), ["ID"]]
     per_analyte = {
         a: {
             "observations": len(g),
@@ -1188,7 +1578,7 @@ def summarise(validated: ValidatedData) -> dict[str, Any]:
     per_group = {}
     events = t[["ID", "EVID", "AMT", "RATE"]]
     for g, rows in events.groupby(t["ID"].map(subjects[group_col]), sort=True):
-        d = rows[rows["EVID"] == EVID_DOSE]
+        d = rows[rows["EVID"].isin(DOSE_EVIDS)]
         per_group[str(g)] = {
             "subjects": int(rows["ID"].nunique()),
             "dose_rows": len(d),
@@ -1202,6 +1592,8 @@ def summarise(validated: ValidatedData) -> dict[str, Any]:
         "subjects": len(subjects),
         "rows": len(t),
         "dose_rows": len(doses),
+        "dose_records": validated.notes.get("dose_records", len(doses)),
+        "comment_rows_ignored": validated.notes.get("comment_rows_ignored", 0),
         "observation_rows": len(obs),
         "grouped_by": group_col,
         "groups": per_group,
@@ -1233,6 +1625,14 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"{summary['observation_rows']} observations); BLQ share of concentrations "
         f"{100 * summary['blq_share_concentrations']:.1f}% (method {summary['handling']['blq_method']}).",
     ]
+    records = summary.get("dose_records", summary["dose_rows"])
+    if records != summary["dose_rows"]:
+        out += [
+            "",
+            f"{records} dose records, {summary['dose_rows']} doses after ADDL expansion.",
+        ]
+    if summary.get("comment_rows_ignored"):
+        out += ["", f"{summary['comment_rows_ignored']} comment rows ignored."]
     out += _md_table(
         "Subjects"
         if summary["grouped_by"] == "ALL"
