@@ -416,14 +416,192 @@ def load(run_dir: str | os.PathLike[str] | None = None) -> Results:
     return Results(root)
 
 
+# --------------------------------------------------------------------------------------
+# Results in the user's units
+# --------------------------------------------------------------------------------------
+
+#: The quantities of a result with a unit, and their unit inside the library: time in h,
+#: concentrations in ng/mL, clearances in L/h, volumes in L, rate constants in 1/h. Doses
+#: (mg) are not converted back.
+INTERNAL_UNITS = {
+    "time": "h",
+    "conc": "ng/mL",
+    "clearance": "L/h",
+    "volume": "L",
+    "rate": "1/h",
+}
+#: Quantities without a unit (fractions, log-scale SDs, proportional error SDs).
+UNITLESS = "-"
+
+
+def to_user_units(
+    values: Any, quantity: str, units: Mapping[str, str], analyte: str | None = None
+) -> tuple[Any, str]:
+    """``values`` of ``quantity`` from the library's unit (:data:`INTERNAL_UNITS`) into the
+    unit ``units`` (the config's ``data.units``) declares, and the unit's label.
+
+    Time and concentration take ``units["time"]`` and ``units["conc"]``; a clearance is a
+    volume per time unit (L/h, L/min, L/d), a rate constant per time unit (1/h, 1/min, 1/d),
+    a volume stays in L. A concentration in nM needs the molar mass of ``analyte``'s
+    species; without one (no analyte, or a generic drug) it stays in ng/mL, so the label says
+    what the numbers are. A quantity without a unit (``fraction``, anything not in
+    :data:`INTERNAL_UNITS`) is returned as given with the label :data:`UNITLESS`.
+
+    >>> to_user_units(2.0, "clearance", {"time": "min"})
+    (0.03333333333333333, 'L/min')
+    >>> to_user_units(2840.0, "conc", {"conc": "mg/L"})
+    (2.84, 'mg/L')
+    """
+    from ketamine_pmx.contract import ANALYTES, MOLAR_MASS_G_MOL, unit_factor
+
+    if quantity not in INTERNAL_UNITS:
+        return values, UNITLESS
+    time_unit = units.get("time", "h")
+    per_time = unit_factor("time", time_unit)  # user time unit in h
+    if quantity == "time":
+        return values / per_time, time_unit
+    if quantity in ("clearance", "rate"):
+        head = "L" if quantity == "clearance" else "1"
+        return values * per_time, f"{head}/{time_unit}"
+    if quantity == "volume":
+        return values, "L"
+    conc = units.get("conc", "ng/mL")
+    if conc == "nM":
+        species = ANALYTES[analyte].species if analyte in ANALYTES else None
+        if not species:
+            return values, "ng/mL"
+        return values * 1000.0 / MOLAR_MASS_G_MOL[species], "nM"
+    return values / unit_factor("conc", conc), conc
+
+
+def _elements_of(x: Any) -> list[tuple[str | None, Any]]:
+    """(label of the element's non-sample coordinates or None, draws) of a posterior variable."""
+    dims = [d for d in x.dims if d not in ("chain", "draw")]
+    if not dims:
+        return [(None, x.values.ravel())]
+    flat = x.stack(_element=dims).transpose("_element", ...)
+    labels = [v if isinstance(v, tuple) else (v,) for v in flat["_element"].values]
+    return [(", ".join(map(str, n)), flat.values[k]) for k, n in enumerate(labels)]
+
+
+def parameter_summary(idata: Any, kinds: Mapping[str, str], units: Mapping[str, str]) -> Any:
+    """The population parameters of a PK fit on their natural scale, in the user's units.
+
+    One row per parameter element: the typical values (``log_<name>_pop`` as exp,
+    ``logit_<name>_pop`` as a fraction; ``kinds`` maps ``<name>`` to its kind: clearance,
+    volume, rate or fraction, as :meth:`PKSpec.kind` says), the between-subject SDs
+    ``omega_*`` (log scale, no unit) and the residual SDs (``sigma_add`` a concentration,
+    ``sigma_prop`` a fraction). Columns: ``parameter``, ``group`` (the element, e.g. the
+    enantiomer or analyte; empty for a scalar), ``unit``, ``mean``, ``sd``, ``q5``,
+    ``median``, ``q95``, ``r_hat``, ``ess_bulk``, ``ess_tail``.
+    """
+    import arviz as az
+    import numpy as np
+    import pandas as pd
+
+    post = idata.posterior
+    rows = []
+    for var in post.data_vars:
+        name = str(var)
+        if name.startswith("log_") and name.endswith("_pop"):
+            par, transform = name[len("log_") : -len("_pop")], np.exp
+            quantity = kinds.get(par, "rate")
+        elif name.startswith("logit_") and name.endswith("_pop"):
+            par, quantity = name[len("logit_") : -len("_pop")], "fraction"
+
+            def transform(v):
+                return 1.0 / (1.0 + np.exp(-v))
+        elif name.startswith("omega_"):
+            par, transform, quantity = name, None, "fraction"
+        elif name in ("sigma_add", "sigma_prop"):
+            par, transform = name, None
+            quantity = "conc" if name == "sigma_add" else "fraction"
+        else:
+            continue
+        x = post[var] if transform is None else transform(post[var])
+        for group, draws in _elements_of(x.rename(name)):
+            draws = np.asarray(draws, float).reshape(post.sizes["chain"], post.sizes["draw"])
+            analyte = group if quantity == "conc" else None
+            draws, unit = to_user_units(draws, quantity, units, analyte)
+            flat = draws.ravel()
+            rows.append(
+                {
+                    "parameter": par,
+                    "group": group or "",
+                    "unit": unit,
+                    "mean": float(flat.mean()),
+                    "sd": float(flat.std(ddof=1)) if flat.size > 1 else float("nan"),
+                    "q5": float(np.quantile(flat, 0.05)),
+                    "median": float(np.median(flat)),
+                    "q95": float(np.quantile(flat, 0.95)),
+                    "r_hat": float(az.rhat(draws)),
+                    "ess_bulk": float(az.ess(draws, method="bulk")),
+                    "ess_tail": float(az.ess(draws, method="tail")),
+                }
+            )
+    columns = ["parameter", "group", "unit", "mean", "sd", "q5", "median", "q95"]
+    return pd.DataFrame(rows, columns=[*columns, "r_hat", "ess_bulk", "ess_tail"])
+
+
+#: Columns of the predictive-check tables holding times and concentrations.
+VPC_TIME_COLUMNS = ("time_h", "time_lo", "time_hi")
+VPC_CONC_COLUMNS = ("observed", "sim_lo", "sim_median", "sim_hi", "lloq")
+GOF_CONC_COLUMNS = ("DV", "PRED", "IPRED")
+
+
+def _convert_rows(frame: Any, columns: tuple[str, ...], analytes: Any, units: Any) -> list[str]:
+    """Concentration ``columns`` of ``frame`` into the user's unit in place, per analyte; the
+    unit label of each row."""
+    labels = ["ng/mL"] * len(frame)
+    for analyte in dict.fromkeys(analytes):
+        rows = (analytes == analyte).to_numpy()
+        for col in columns:
+            values, unit = to_user_units(
+                frame.loc[rows, col].to_numpy(float), "conc", units, analyte
+            )
+            frame.loc[rows, col] = values
+        for k in rows.nonzero()[0]:
+            labels[k] = unit
+    return labels
+
+
+def vpc_in_user_units(table: Any, units: Mapping[str, str]) -> Any:
+    """A VPC table (:func:`ketamine_pmx.checks.vpc_table`) with times (``time``, ``time_lo``,
+    ``time_hi``) and concentrations in the user's units, named in ``time_unit`` and
+    ``conc_unit`` columns."""
+    out = table.copy()
+    for col in VPC_TIME_COLUMNS:
+        out[col], time_unit = to_user_units(out[col].to_numpy(float), "time", units)
+    out = out.rename(columns={"time_h": "time"})
+    out.insert(out.columns.get_loc("time_hi") + 1, "time_unit", time_unit)
+    out["conc_unit"] = _convert_rows(out, VPC_CONC_COLUMNS, out["analyte"], units)
+    return out
+
+
+def gof_in_user_units(table: Any, units: Mapping[str, str]) -> Any:
+    """A goodness-of-fit table (:func:`ketamine_pmx.checks.gof_table`) with ``TIME``, ``DV``,
+    ``PRED`` and ``IPRED`` in the user's units, named in ``TIME_UNIT`` and ``CONC_UNIT``."""
+    out = table.copy()
+    out["TIME"], time_unit = to_user_units(out["TIME"].to_numpy(float), "time", units)
+    out.insert(out.columns.get_loc("TIME") + 1, "TIME_UNIT", time_unit)
+    out["CONC_UNIT"] = _convert_rows(out, GOF_CONC_COLUMNS, out["ANALYTE"], units)
+    return out
+
+
 __all__ = [
     "FILES",
+    "INTERNAL_UNITS",
     "RESULTS_ENV",
     "STAGE_DIRS",
+    "UNITLESS",
     "LazyFiles",
     "ResultFile",
     "Results",
     "ResultsError",
+    "gof_in_user_units",
     "is_results_dir",
     "load",
+    "parameter_summary",
+    "to_user_units",
+    "vpc_in_user_units",
 ]
