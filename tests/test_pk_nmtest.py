@@ -12,7 +12,7 @@ the dosing interval (subjects 409, 410, 411, 415, 509, 510, 610, 709, 809, 825, 
 NONMEM's predictions for seven of them go negative, which no amount of drug can give, and the
 others disagree with the train of lagged doses that a steady state stands for; the engine's
 answer for these subjects is checked against the same doses written out (400 of them, each
-lagged) here and against an ODE simulation in tests/test_pk_records.py.
+lagged) here and against an ODE simulation in tests/test_pk_ode.py.
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def test_the_excluded_subjects_are_exactly_steady_state_doses_with_lag_above_ii(
 def test_steady_state_with_lag_above_ii_is_the_lagged_dose_train():
     """Where NONMEM is excluded: the SS record equals 400 earlier doses written out (the
     subjects with one steady-state dose; 825 mixes SS=1 and SS=2 records, whose meaning is
-    checked against an ODE simulation in tests/test_pk_records.py)."""
+    checked against an ODE simulation in tests/test_pk_ode.py)."""
     single = tuple(i for i in NONMEM_WRONG if i != 825)
     ids = np.unique(pd.read_csv(DATA)["id"])
     layout_args, central, _, _ = read_nmtest(exclude=tuple(i for i in ids if i not in single))
