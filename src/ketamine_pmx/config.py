@@ -116,6 +116,10 @@ def _refuse(problems: list[str], source: str) -> None:
 _TEXT_CODE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
+#: The tests of a data.exclude condition; each condition gives exactly one.
+EXCLUDE_TESTS = ("equals", "in", "below", "above")
+
+
 def _is_number(code: str) -> bool:
     try:
         float(code)
@@ -162,6 +166,14 @@ def _check_semantics(
             f"data.codes.observation: text code {code!r} is given twice in different case; "
             "text codes are matched case-insensitively"
         )
+    for i, condition in enumerate(config["data"]["exclude"]):
+        tests = [t for t in EXCLUDE_TESTS if t in condition]
+        if len(tests) != 1:
+            found = f"got {' and '.join(tests)}" if tests else "got none"
+            problems.append(
+                f"data.exclude[{i}] (column {condition['column']}): give exactly one of "
+                f"{', '.join(EXCLUDE_TESTS)} ({found}); list one condition per test"
+            )
     if dose_cmt_given and codes["dose_route"]:
         problems.append(
             "data.codes.dose_cmt and data.codes.dose_route both read the CMT column of dose "
@@ -347,6 +359,7 @@ def json_inline(value: Any) -> str:
 
 
 __all__ = [
+    "EXCLUDE_TESTS",
     "INPUT_FOLDERS",
     "INPUT_KEYS",
     "RESULTS_DIR_RULE",

@@ -413,6 +413,22 @@ CODE_UNIT_CASES: list[Case] = [
         data_cfg={"single_drug": True},
         message="MADRS",
     ),
+    Case(
+        "single-drug-second-DVID-code",
+        lambda f: (f.drop(columns=["ANALYTE", "LLOQ", "BLQ"]), rows(f, EVID="0")[0] + 2),
+        "single-drug",
+        "DVID",
+        data_cfg={"single_drug": True},
+        message="data.exclude",
+    ),
+    Case(
+        "exclude-missing-column",
+        lambda f: (f, 1),
+        "exclude-column",
+        "FLAG",
+        data_cfg={"exclude": [{"column": "FLAG", "equals": 1}]},
+        message="no column 'FLAG'",
+    ),
     Case("SEX-unknown", set_subject("SEX", "X"), "covariate-value", "SEX", message="'X'"),
     Case(
         "CYP2B6-unknown",

@@ -96,7 +96,13 @@ RULES: dict[str, str] = {
     "analyte-code-mismatch": "ANALYTE agrees with PRODUCT and the CMT/DVID code where they are "
     "given",
     "single-drug": "with config data.single_drug no observation row names a clinical score in "
-    "ANALYTE (every observation is a DRUG concentration)",
+    "ANALYTE (every observation is a DRUG concentration), and where the observation code "
+    "column (DVID, or CMT by data.codes.observation_code_column) holds more than one code on "
+    "observation rows, each is mapped to DRUG in data.codes.observation or its rows removed by "
+    "data.exclude (a second endpoint is never read as the drug); no code is mapped to another "
+    "analyte",
+    "exclude-column": "each condition of config data.exclude names a column of the file (a "
+    "condition that matches no row is a warning)",
     "dv-missing": "observation rows with MDV 0 have a DV (or are BLQ)",
     "dv-negative": "concentrations are >= 0",
     "score-range": "clinical scores lie within their scale (MADRS 0-60, NRS 0-10)",
@@ -346,13 +352,12 @@ def validate_frame(raw: pd.DataFrame, data: dict[str, Any], source: str) -> Vali
     del raw  # columns replaced below are freed as they go (the caller's copy aside)
     note = _code_numbering_note(frame.columns, data)
     frame, comments = _drop_comment_rows(frame)
+    frame, excluded = _exclude_rows(frame, data, problems)
     if frame.empty:
-        problems.append(
-            Problem(
-                "file-readable",
-                f"the file has no data rows ({comments} comment rows ignored)",
-            )
-        )
+        dropped = f"{comments} comment rows ignored"
+        if sum(excluded.values()):
+            dropped += f", {sum(excluded.values())} rows excluded by config data.exclude"
+        problems.append(Problem("file-readable", f"the file has no data rows ({dropped})"))
         raise DataValidationError(source, problems, note)
     frame = _with_placeholders(frame, absent)
     frame = _parse_numbers(frame, problems)
@@ -371,6 +376,7 @@ def validate_frame(raw: pd.DataFrame, data: dict[str, Any], source: str) -> Vali
     table, notes, more = _finalise(frame, data)
     notes["mdv_derived_from_evid"] = mdv_derived
     notes["comment_rows_ignored"] = comments
+    notes["excluded_rows"] = excluded
     notes["replicate_observation_rows"] = sum(
         len(p.lines) for p in problems if p.rule == "observation-replicate"
     )
@@ -411,6 +417,7 @@ _RULE_NEEDS: dict[str, frozenset[str]] = {
         "analyte-unknown": ("EVID", _NO_OBS_CODE),
         "analyte-code-mismatch": ("EVID",),
         "single-drug": ("EVID",),
+        "exclude-column": (),
         "dv-missing": ("EVID", "DV"),
         "dv-negative": ("EVID", "DV", _NO_OBS_CODE),
         "score-range": ("EVID", "DV", _NO_OBS_CODE),
@@ -465,6 +472,84 @@ def _drop_comment_rows(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     if count:
         frame = frame[~comment.to_numpy()]
     return frame, count
+
+
+def _exclude_label(index: int, condition: dict[str, Any]) -> str:
+    """A condition of config ``data.exclude`` as the summary names it:
+    ``data.exclude[0] DVID == pca``."""
+    col = condition["column"]
+    if "equals" in condition:
+        test = f"{col} == {condition['equals']}"
+    elif "in" in condition:
+        test = f"{col} in [{', '.join(str(v) for v in condition['in'])}]"
+    elif "below" in condition:
+        test = f"{col} < {condition['below']}"
+    else:
+        test = f"{col} > {condition['above']}"
+    return f"data.exclude[{index}] {test}"
+
+
+def _exclude_rows(
+    frame: pd.DataFrame, data: dict[str, Any], problems: list[Problem]
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """``frame`` without the rows config ``data.exclude`` removes (NONMEM's IGNORE list), and
+    how many each condition removed, by its :func:`_exclude_label` (a row is counted under the
+    first condition it meets). A condition's column is a column of the file, by its name there
+    or its contract name; one the file lacks is an ``exclude-column`` error, a condition that
+    matches no row an ``exclude-column`` warning. Rows keep their index (their file lines)."""
+    conditions = data.get("exclude") or []
+    if not conditions:
+        return frame, {}
+    by_user = {user: key for key, user in data["columns"].items()}
+    removed = pd.Series(False, index=frame.index)
+    counts: dict[str, int] = {}
+    for i, condition in enumerate(conditions):
+        label = _exclude_label(i, condition)
+        name = condition["column"]
+        col = name if name in frame.columns else by_user.get(name)
+        if col not in frame.columns:
+            close = difflib.get_close_matches(name, list(frame.columns), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(
+                Problem(
+                    "exclude-column",
+                    f"config {label}: the file has no column {name!r} (columns: "
+                    f"{', '.join(map(str, frame.columns))}){hint}",
+                    column=name,
+                    lines=(1,),
+                )
+            )
+            continue
+        values = frame[col]
+        if "below" in condition or "above" in condition:
+            numbers = values
+            if values.dtype.kind != "f":  # text, as written (stripped): '.' or empty is missing
+                numbers = pd.to_numeric(values.where(~values.isin(MISSING_TOKENS)), errors="coerce")
+            hit = (
+                numbers < condition["below"]
+                if "below" in condition
+                else numbers > condition["above"]
+            )
+        else:
+            wanted = {_code_key(v) for v in condition.get("in", [condition.get("equals")])}
+            wanted.discard(None)
+            hit = _map_distinct(values, lambda v, wanted=wanted: _code_key(v) in wanted)
+        hit = hit.astype(bool) & ~removed
+        counts[label] = int(hit.sum())
+        removed |= hit
+        if not counts[label]:
+            problems.append(
+                Problem(
+                    "exclude-column",
+                    f"config {label} removes no row (none matches, or an earlier condition "
+                    "removed them): a misspelt value?",
+                    column=name,
+                    severity="warning",
+                )
+            )
+    if removed.any():
+        frame = frame[~removed.to_numpy()]
+    return frame, counts
 
 
 def _has_errors(problems: list[Problem]) -> bool:
@@ -771,6 +856,8 @@ def _map_codes(frame: pd.DataFrame, data: dict[str, Any], problems: list[Problem
                         lines=_lines(out.index[score]),
                     )
                 )
+        if obs_col in out.columns:
+            problems += _single_drug_code_problems(out, is_obs, obs_col, codes["observation"])
         out["ANALYTE"] = pd.Series(
             np.where(is_dose | is_obs, "DRUG", None), index=out.index, dtype=object
         )
@@ -822,6 +909,68 @@ def _map_codes(frame: pd.DataFrame, data: dict[str, Any], problems: list[Problem
                 )
             )
     out["ANALYTE"] = analyte
+    return out
+
+
+def _code_order(key: str) -> tuple[bool, float, str]:
+    """Sort key of code map keys: numbers by value first (2 before 10), then text."""
+    try:
+        return (False, float(key), key)
+    except ValueError:
+        return (True, 0.0, key)
+
+
+def _single_drug_code_problems(
+    frame: pd.DataFrame, is_obs: pd.Series, obs_col: str, observation: dict[str, str]
+) -> list[Problem]:
+    """What config ``data.single_drug`` would misread in the observation code column: where
+    observation rows hold more than one code, each must be mapped to DRUG in config
+    ``data.codes.observation`` (or removed by ``data.exclude``), else a second endpoint (a PD
+    marker, a metabolite) would be read as the drug. A code mapped to another analyte is
+    refused whatever the number of codes. The project's default numbering does not count as a
+    mapping: it names ketamine analytes."""
+    given = {str(k): v for k, v in observation.items()}
+    if given == {str(k): v for k, v in DEFAULT_DVID.items()}:
+        given = {}
+    mapped = {_code_key(k): v for k, v in given.items()}
+    keys = _map_distinct(frame[obs_col], _code_key).where(is_obs)
+    present = sorted(set(keys.dropna()), key=_code_order)
+    out = []
+    other = [k for k in present if mapped.get(k, "DRUG") != "DRUG"]
+    if other:
+        bad = keys.isin(other)
+        out.append(
+            Problem(
+                "single-drug",
+                f"config data.codes.observation maps {obs_col} code(s) "
+                f"{', '.join(f'{k} to {mapped[k]}' for k in other)}, but data.single_drug reads "
+                f"every observation as a DRUG concentration: remove those rows with config "
+                f"data.exclude (e.g. [{{column: {obs_col}, equals: {other[0]}}}]), or drop "
+                "data.single_drug",
+                column=obs_col,
+                lines=_lines(frame.index[bad]),
+            )
+        )
+    unmapped = [k for k in present if k not in mapped]
+    if len(present) > 1 and unmapped:
+        bad = keys.isin(unmapped)
+        counts = keys[bad].value_counts()
+        listed = ", ".join(f"{k} ({counts[k]} rows)" for k in unmapped)
+        out.append(
+            Problem(
+                "single-drug",
+                f"config data.single_drug reads every observation as a DRUG concentration, "
+                f"but {obs_col} holds {len(present)} codes on observation rows "
+                f"({', '.join(present)}) and {listed} "
+                f"{'is' if len(unmapped) == 1 else 'are'} not mapped: a second endpoint would "
+                f"be read as the drug. Give each code one of two ways out: map the code that "
+                f"is the drug to DRUG in config data.codes.observation (e.g. {{{present[0]}: "
+                f"DRUG}}), and remove the rows of every other code with config data.exclude "
+                f"(e.g. [{{column: {obs_col}, equals: {unmapped[-1]}}}])",
+                column=obs_col,
+                lines=_lines(frame.index[bad]),
+            )
+        )
     return out
 
 
@@ -1594,6 +1743,7 @@ def summarise(validated: ValidatedData) -> dict[str, Any]:
         "dose_rows": len(doses),
         "dose_records": validated.notes.get("dose_records", len(doses)),
         "comment_rows_ignored": validated.notes.get("comment_rows_ignored", 0),
+        "excluded_rows": dict(validated.notes.get("excluded_rows", {})),
         "observation_rows": len(obs),
         "grouped_by": group_col,
         "groups": per_group,
@@ -1633,6 +1783,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         ]
     if summary.get("comment_rows_ignored"):
         out += ["", f"{summary['comment_rows_ignored']} comment rows ignored."]
+    excluded = summary.get("excluded_rows") or {}
+    if excluded:
+        out += [""] + [f"- {n} rows excluded by {label}" for label, n in excluded.items()]
     out += _md_table(
         "Subjects"
         if summary["grouped_by"] == "ALL"
