@@ -7,11 +7,13 @@ import pytensor.tensor as pt
 import pytest
 
 from ketamine_pmx.config import load_schema
+from ketamine_pmx.contract import UNIT_FACTORS
 from ketamine_pmx.models import (
     CONC_FLOOR_NG_ML,
     RESIDUAL_SIGMAS,
     draw_observations,
     residual_mean_sd,
+    sigma_prior_sd,
 )
 
 PRED = np.array([0.0, 1e-12, 0.5, 20.0, 300.0])
@@ -43,8 +45,31 @@ def test_the_log_scale_mean_is_floored_and_the_others_are_the_prediction():
     mu, sd = residual_mean_sd("combined", PRED, **SIGMAS)
     np.testing.assert_array_equal(mu, PRED)
     np.testing.assert_allclose(sd, np.hypot(2.0, SIGMAS["sigma_prop"] * PRED), rtol=1e-15)
-    with pytest.raises(ValueError, match="residual model 'proportional'"):
-        residual_mean_sd("proportional", PRED, **SIGMAS)
+    with pytest.raises(ValueError, match="residual model 'exponential'"):
+        residual_mean_sd("exponential", PRED, **SIGMAS)
+
+
+def test_the_proportional_sd_is_a_fraction_of_the_floored_prediction():
+    """Natural scale: the mean is the prediction, the SD sigma_prop C (C floored, so that a
+    prediction of 0 has a positive SD)."""
+    mu, sd = residual_mean_sd("proportional", PRED, **SIGMAS)
+    np.testing.assert_array_equal(mu, PRED)
+    np.testing.assert_array_equal(sd, SIGMAS["sigma_prop"] * np.maximum(PRED, CONC_FLOOR_NG_ML))
+    assert sd[0] > 0 and sd[3] == pytest.approx(0.2 * 20.0)
+
+
+def test_the_additive_prior_scale_is_read_in_the_residual_unit():
+    """sigma_add_prior_sd is in residual.unit (ng/mL where absent); sigma_prop has no unit."""
+    assert sigma_prior_sd({"sigma_add_prior_sd": 2000.0}, "sigma_add") == 2000.0
+    mg_l = {"sigma_add_prior_sd": 2.0, "sigma_prop_prior_sd": 0.3, "unit": "mg/L"}
+    assert sigma_prior_sd(mg_l, "sigma_add") == 2000.0
+    assert sigma_prior_sd(mg_l, "sigma_prop") == 0.3
+    assert sigma_prior_sd({**mg_l, "unit": "ng/L"}, "sigma_add") == pytest.approx(2e-3)
+
+
+def test_the_schema_offers_every_concentration_unit_the_contract_converts():
+    residual = load_schema("pk_model")["properties"]["residual"]["properties"]
+    assert set(residual["unit"]["enum"]) == set(UNIT_FACTORS["conc"])
 
 
 @pytest.mark.parametrize("model", list(RESIDUAL_SIGMAS))

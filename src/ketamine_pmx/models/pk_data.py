@@ -17,8 +17,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ketamine_pmx.contract import DOSE_TARGETS, EVID_DOSE, EVID_OBSERVATION
-from ketamine_pmx.models.spec import PKSpec, required_covariates
+from ketamine_pmx.contract import (
+    DOSE_EVIDS,
+    DOSE_TARGETS,
+    EVID_OBSERVATION,
+    EVID_RESET,
+    EVID_RESET_DOSE,
+)
+from ketamine_pmx.models.spec import PKSpec, known_routes, required_covariates, resolve_route
 from ketamine_pmx.pk import DoseObsLayout, build_layout
 
 
@@ -46,6 +52,8 @@ class PKData:
     excluded: dict[str, int] = field(default_factory=dict)
 
 
+#: EVIDs of the rows :func:`chain_doses` reads: doses, resets, resets and doses.
+DOSE_RECORD_EVIDS = (*DOSE_EVIDS, EVID_RESET)
 #: The clean table's column of each covariate a spec can use (:func:`.spec.required_covariates`).
 COVARIATE_COLUMNS = {"WT": "WT", "CYP2B6": "CYP2B6_CLASS"}
 #: How to do without each covariate, by the spec key that uses it.
@@ -114,7 +122,8 @@ def prepare_pk_data(table: pd.DataFrame, spec: PKSpec, source: str = "the datase
     first = _subject_covariates(table, ["WT", "CYP2B6_CLASS"])
     wt = first.loc[subjects, "WT"].to_numpy(float)
     cyp = first.loc[subjects, "CYP2B6_CLASS"].astype(object).to_numpy()
-    doses = table[(table["EVID"] == EVID_DOSE) & table["ID"].isin(index)].copy()
+    # dose and reset records (EVID 1, 3 and 4)
+    doses = table[table["EVID"].isin(DOSE_RECORD_EVIDS) & table["ID"].isin(index)].copy()
 
     obs = obs.reset_index(drop=True)
     obs["subject"] = obs["ID"].map(index).astype(int)
@@ -127,7 +136,7 @@ def prepare_pk_data(table: pd.DataFrame, spec: PKSpec, source: str = "the datase
     n_chain = len(spec.chains)
     chain_index = {ch: c for c, ch in enumerate(spec.chains)}
     layout = build_layout(
-        **chain_doses(doses, index, spec),
+        **chain_doses(doses, index, spec, source),
         obs_subject=obs["subject"].to_numpy(np.int64) * n_chain
         + obs["chain"].map(chain_index).to_numpy(np.int64),
         obs_time_h=obs["TIME"].to_numpy(float),
@@ -154,33 +163,158 @@ def prepare_pk_data(table: pd.DataFrame, spec: PKSpec, source: str = "the datase
 # --------------------------------------------------------------------------------------
 
 
-def chain_doses(
-    doses: pd.DataFrame, subject_index: dict[Any, int], spec: PKSpec
-) -> dict[str, np.ndarray]:
-    """``build_layout``'s dose arguments over pseudo-subjects ``subject * n_chain + chain``.
+#: Dose-record columns of the clean table and their value where a table lacks them (a table
+#: written before they existed): the spec's default route, no steady state, no interval.
+DOSE_RECORD_DEFAULTS: dict[str, Any] = {"ROUTE": "", "SS": 0, "II": 0.0}
+#: RATE codes of a dose whose infusion rate (-1) or duration (-2) the route's parameters give,
+#: as ``build_layout``'s ``dose_rate_mode``.
+RATE_MODES = {-1.0: 1, -2.0: 2}
 
-    Each chain receives its share of every dose (the enantiomer fraction of a racemic dose,
-    :data:`DOSE_TARGETS`), into the depot for first-order absorption models, else the central
-    compartment; ``subject_index`` maps IDs to subject positions.
+
+def _dose_column(doses: pd.DataFrame, column: str) -> np.ndarray:
+    """A dose-record column, or its default (:data:`DOSE_RECORD_DEFAULTS`) where the table lacks
+    it; a missing ROUTE value is empty (the default route)."""
+    default = DOSE_RECORD_DEFAULTS[column]
+    if column not in doses.columns:
+        return np.full(len(doses), default, dtype=object if column == "ROUTE" else float)
+    values = doses[column]
+    if column == "ROUTE":
+        return values.fillna("").astype(str).to_numpy(object)
+    return values.fillna(default).to_numpy(float)
+
+
+def dose_routes(doses: pd.DataFrame, spec: PKSpec, source: str = "the dataset") -> np.ndarray:
+    """The spec route of each dose row (:func:`.spec.resolve_route`: an empty ROUTE is the
+    spec's default route; ``iv``/``oral`` stand for central/depot where the spec declares no
+    route of that name); :class:`FitError` naming ``source``, the rows and the spec where a
+    dose's route is not one of the spec's."""
+    given = _dose_column(doses, "ROUTE")
+    names = {name: resolve_route(spec.structure, name) for name in set(given)}
+    unknown = sorted(name for name, route in names.items() if route is None)
+    if unknown:
+        rows = doses.loc[np.isin(given, unknown), ["ID", "TIME"]].head(5).to_dict("records")
+        raise FitError(
+            f"{source}: dose route(s) {unknown} (column ROUTE; e.g. {rows}) are not routes of "
+            f"model {spec.name} ({spec.path}), which has {list(known_routes(spec.structure))}: "
+            "declare them under structure.routes or give a route the model has"
+        )
+    return np.array([names[name] for name in given], dtype=object).astype(str)
+
+
+def chain_doses(
+    doses: pd.DataFrame, subject_index: dict[Any, int], spec: PKSpec, source: str = "the dataset"
+) -> dict[str, np.ndarray]:
+    """``build_layout``'s dose and reset arguments over pseudo-subjects ``subject * n_chain +
+    chain``.
+
+    ``doses`` holds dose rows (EVID 1 and 4) and may hold reset rows (EVID 3; EVID 4 resets
+    and doses). Each chain receives its share of every dose (the enantiomer fraction of a
+    racemic dose, :data:`DOSE_TARGETS`; steady-state doses split like amounts) by the dose's
+    route (:func:`dose_routes`), with its steady state (SS, II) and modelled rate or duration
+    (RATE -1/-2); a reset, and an SS=1 dose, resets every chain of the subject. A dose's timing
+    is modelled (``dose_timing_modelled``) where its route has a lag, its RATE is -1/-2, or
+    its route has a bioavailability and the dose is an infusion at a data rate.
+    ``subject_index`` maps IDs to subject positions; ``source`` names the table in errors.
     """
     n_chain = len(spec.chains)
+    evid = doses["EVID"].to_numpy(int)
+    resets = doses[np.isin(evid, (EVID_RESET, EVID_RESET_DOSE))]
+    doses = doses[np.isin(evid, DOSE_EVIDS)]
     subject = doses["ID"].map(subject_index).to_numpy(np.int64)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("subject", "time", "amt", "rate")}
-    for c, chain in enumerate(spec.chains):
-        frac = doses["ANALYTE"].map(lambda t, ch=chain: DOSE_TARGETS[t].get(ch, 0.0))
-        frac = frac.to_numpy(float)
-        parts["subject"].append(subject * n_chain + c)
-        parts["time"].append(doses["TIME"].to_numpy(float))
-        parts["amt"].append(doses["AMT"].to_numpy(float) * frac)
-        parts["rate"].append(doses["RATE"].to_numpy(float) * frac)
-    route = "depot" if spec.structure["absorption"] == "first_order" else "central"
-    return {
-        "dose_subject": np.concatenate(parts["subject"]),
-        "dose_time_h": np.concatenate(parts["time"]),
-        "dose_amt_mg": np.concatenate(parts["amt"]),
-        "dose_rate_mg_h": np.concatenate(parts["rate"]),
-        "dose_route": route,
-    }
+    route = dose_routes(doses, spec, source)
+    ss = _dose_column(doses, "SS").astype(np.int64)
+    ii = _dose_column(doses, "II")
+    rate = doses["RATE"].to_numpy(float)
+    mode = np.array([RATE_MODES.get(r, 0) for r in rate], dtype=np.int64)
+    rate = np.where(mode > 0, 0.0, rate)
+    fracs = [
+        doses["ANALYTE"].map(lambda t, ch=chain: DOSE_TARGETS[t].get(ch, 0.0)).to_numpy(float)
+        for chain in spec.chains
+    ]
+    split = (mode == 1) & np.any([(f > 0) & (f < 1) for f in fracs], axis=0)
+    if split.any():
+        rows = doses.loc[split, ["ID", "TIME", "ANALYTE"]].head(5).to_dict("records")
+        raise FitError(
+            f"{source}: model {spec.name} ({spec.path}) splits the dose(s) {rows} between its "
+            "chains, and a modelled infusion rate (RATE -1) is one chain's rate: give RATE -2 "
+            "(a modelled duration) or the dose's rate"
+        )
+    timing = _timing_modelled(spec, route, mode, rate, doses, source)
+    time = doses["TIME"].to_numpy(float)
+    amt = doses["AMT"].to_numpy(float)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in DOSE_KEYS}
+    r_subj = resets["ID"].map(subject_index).to_numpy(np.int64)
+    r_time = resets["TIME"].to_numpy(float)
+    for c, frac in enumerate(fracs):
+        # A chain that receives nothing from a steady-state dose or a dose of modelled rate or
+        # duration gets no dose (an SS=1 dose still resets it); otherwise a dose of 0.
+        keep = (frac > 0) | ((ss == 0) & (mode == 0))
+        parts["dose_subject"].append(subject[keep] * n_chain + c)
+        parts["dose_time_h"].append(time[keep])
+        parts["dose_amt_mg"].append(amt[keep] * frac[keep])
+        parts["dose_rate_mg_h"].append(rate[keep] * frac[keep])
+        parts["dose_route"].append(route[keep])
+        parts["dose_ss"].append(ss[keep])
+        parts["dose_ii_h"].append(ii[keep])
+        parts["dose_rate_mode"].append(mode[keep])
+        parts["dose_timing_modelled"].append(timing[keep])
+        ss1 = ~keep & (ss == 1)
+        parts["reset_subject"] += [r_subj * n_chain + c, subject[ss1] * n_chain + c]
+        parts["reset_time_h"] += [r_time, time[ss1]]
+    out = {k: np.concatenate(v) for k, v in parts.items()}
+    out["dose_route"] = out["dose_route"].astype(str)
+    return out
+
+
+#: The keys of :func:`chain_doses` (each per dose, but the resets').
+DOSE_KEYS = (
+    "dose_subject",
+    "dose_time_h",
+    "dose_amt_mg",
+    "dose_rate_mg_h",
+    "dose_route",
+    "dose_ss",
+    "dose_ii_h",
+    "dose_rate_mode",
+    "dose_timing_modelled",
+    "reset_subject",
+    "reset_time_h",
+)
+
+
+def _timing_modelled(
+    spec: PKSpec,
+    route: np.ndarray,
+    mode: np.ndarray,
+    rate: np.ndarray,
+    doses: pd.DataFrame,
+    source: str,
+) -> np.ndarray:
+    """Per dose: whether its timing is a model parameter (a lag, a modelled rate or duration,
+    the bioavailability of a data-rate infusion, which sets its duration); :class:`FitError`
+    where a dose of RATE -1/-2 has a route without the parameter."""
+    declared = spec.structure.get("routes", {})
+    timing = mode > 0
+    for name in np.unique(route):
+        cfg = declared.get(str(name), {})
+        of = route == name
+        timing[of & ("lag" in cfg)] = True
+        timing[of & ("f" in cfg) & (rate > 0)] = True
+        for m, key in ((1, "rate"), (2, "duration")):
+            lacking = of & (mode == m)
+            if lacking.any() and key not in cfg:
+                rows = doses.loc[lacking, ["ID", "TIME"]].head(5).to_dict("records")
+                fix = (
+                    f"give structure.routes.{name}.{key} a parameter"
+                    if name in declared
+                    else f"declare a route with a {key} parameter under structure.routes and "
+                    "name it in the doses' ROUTE"
+                )
+                raise FitError(
+                    f"{source}: dose(s) {rows} have RATE {-m} (a modelled infusion {key}), but "
+                    f"route {str(name)!r} of model {spec.name} ({spec.path}) has no {key}: {fix}"
+                )
+    return timing
 
 
 def tile_subjects(subject: np.ndarray, n_copies: int, per_copy: int) -> np.ndarray:
@@ -192,13 +326,15 @@ def tile_subjects(subject: np.ndarray, n_copies: int, per_copy: int) -> np.ndarr
 def tile_doses(doses: dict[str, Any], n_copies: int, per_copy: int) -> dict[str, Any]:
     """:func:`chain_doses` repeated for ``n_copies`` blocks of ``per_copy`` pseudo-subjects
     (see :func:`tile_subjects`); the observations take ``tile_subjects`` of their indices."""
-    return {
-        "dose_subject": tile_subjects(doses["dose_subject"], n_copies, per_copy),
-        "dose_time_h": np.tile(doses["dose_time_h"], n_copies),
-        "dose_amt_mg": np.tile(doses["dose_amt_mg"], n_copies),
-        "dose_rate_mg_h": np.tile(doses["dose_rate_mg_h"], n_copies),
-        "dose_route": doses["dose_route"],
-    }
+    out = {}
+    for key, value in doses.items():
+        if key in ("dose_subject", "reset_subject"):
+            out[key] = tile_subjects(value, n_copies, per_copy)
+        elif np.ndim(value) == 0:  # one value for every dose
+            out[key] = value
+        else:
+            out[key] = np.tile(value, n_copies)
+    return out
 
 
 def analyte_index(data: PKData) -> np.ndarray:

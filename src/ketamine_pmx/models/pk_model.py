@@ -27,7 +27,7 @@ import pytensor.tensor as pt
 from ketamine_pmx.contract import CYP2B6_CLASSES
 from ketamine_pmx.models.pk_data import PKData, analyte_index, censored_observations
 from ketamine_pmx.models.pk_structure import CYP2B6_EFFECT_CLASSES, chain_concentrations
-from ketamine_pmx.models.residual import RESIDUAL_SIGMAS, residual_mean_sd
+from ketamine_pmx.models.residual import RESIDUAL_SIGMAS, residual_mean_sd, sigma_prior_sd
 from ketamine_pmx.models.spec import PKSpec, bsv_groups, joint_effects
 from ketamine_pmx.models.subject_effects import subject_effects
 from ketamine_pmx.models.whitening import Laplace
@@ -274,7 +274,7 @@ def _likelihood(spec: PKSpec, data: PKData, pred: Any, observed: bool) -> None:
     value, lower = censored_observations(spec, data)
     res = spec.spec["residual"]
     sigmas = {
-        name: pm.HalfNormal(name, res[f"{name}_prior_sd"], dims="analyte")[a_idx]
+        name: pm.HalfNormal(name, sigma_prior_sd(res, name), dims="analyte")[a_idx]
         for name in RESIDUAL_SIGMAS[res["model"]]
     }
     mu, sd = residual_mean_sd(res["model"], pred, **sigmas, xp=pt)

@@ -24,8 +24,8 @@ from scipy.special import expit
 
 from ketamine_pmx.contract import CYP2B6_CLASSES, MOLAR_MASS_G_MOL
 from ketamine_pmx.models.pk_data import PKData
-from ketamine_pmx.models.spec import PKSpec, bsv_groups
-from ketamine_pmx.pk import DoseObsLayout, Metabolite, np_conc_ng_ml, pt_conc_ng_ml
+from ketamine_pmx.models.spec import PKSpec, bsv_groups, route_parameters
+from ketamine_pmx.pk import DoseObsLayout, Metabolite, Route, np_conc_ng_ml, pt_conc_ng_ml
 
 #: Terms (pseudo-subject or draw x observation x dose) evaluated at once by the batched
 #: numpy evaluations of the PK model (exposures, unit curves, patient posteriors): bounds
@@ -69,6 +69,9 @@ def chain_concentrations(
             )
         )
     cl = p["cl_f"] + p["cl_o"] if mets else p["cl"]
+    # the routes the spec declares (a spec without keeps the legacy evaluation: central, and
+    # the depot of first-order absorption from ka and f_bio)
+    routes = spec_routes(spec, p)
     return conc(
         layout,
         cl=cl,
@@ -80,7 +83,28 @@ def chain_concentrations(
         ka=p.get("ka"),
         f_bio=p.get("f_bio"),
         metabolites=metabolites,
+        **({"routes": routes} if routes else {}),
     )
+
+
+def spec_routes(spec: PKSpec, p: dict[str, Any]) -> dict[str, Route]:
+    """The :class:`~ketamine_pmx.pk.Route` of each route the spec declares
+    (``structure.routes``) from the parameters ``p`` of the pseudo-subjects; empty for a spec
+    without (the built-in central and depot routes need no entry)."""
+    out = {}
+    for name, cfg in spec.structure.get("routes", {}).items():
+        named = route_parameters(cfg)
+        transit = cfg.get("transit", {})
+        out[name] = Route(
+            ka=p[named["ka"]] if "ka" in named else None,
+            f=p[named["f"]] if "f" in named else 1.0,
+            lag=p[named["lag"]] if "lag" in named else 0.0,
+            rate=p[named["rate"]] if "rate" in named else None,
+            duration=p[named["duration"]] if "duration" in named else None,
+            n_transit=int(transit.get("n", 0)),
+            ktr=p[named["ktr"]] if "ktr" in named else None,
+        )
+    return out
 
 
 def predict_ng_ml(spec: PKSpec, data: PKData, params: dict[str, Any]) -> np.ndarray:

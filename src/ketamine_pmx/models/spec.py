@@ -94,9 +94,34 @@ class PKSpec:
         return [n for n, p in self.parameters.items() if not p["fixed"]]
 
 
+#: Built-in dose routes: an IV dose into the central compartment; the depot of
+#: ``absorption: first_order`` (ka, f_bio).
+BUILTIN_ROUTES = ("central", "depot")
+#: Data route names that stand for a built-in route where the spec declares no route of that name.
+ROUTE_ALIASES = {"iv": "central", "oral": "depot"}
+#: Keys of a declared route that name a parameter, with the parameter kind each needs.
+ROUTE_PARAMETER_KINDS = {
+    "ka": "rate",
+    "f": "fraction",
+    "lag": "time",
+    "rate": "rate",
+    "duration": "time",
+}
+
+
+def route_parameters(route: dict[str, Any]) -> dict[str, str]:
+    """The parameters a declared route names, by key (``transit.ktr`` as ``ktr``)."""
+    out = {k: route[k] for k in ROUTE_PARAMETER_KINDS if k in route}
+    if "transit" in route:
+        out["ktr"] = route["transit"]["ktr"]
+    return out
+
+
 def required_parameters(structure: dict[str, Any]) -> set[str]:
-    """Parameters a structure needs."""
+    """Parameters a structure needs (those its declared routes name included)."""
     need = {"vc"}
+    for route in structure.get("routes", {}).values():
+        need |= set(route_parameters(route).values())
     metabolites = structure.get("metabolites", [])
     need |= {"cl_f", "cl_o"} if metabolites else {"cl"}
     if structure["parent_compartments"] >= 2:
@@ -110,6 +135,70 @@ def required_parameters(structure: dict[str, Any]) -> set[str]:
     if "HNK" in metabolites:
         need |= {"cl_hnk", "v_hnk", "fm_hnk"}
     return need
+
+
+def default_route(structure: dict[str, Any]) -> str:
+    """The route of a dose row with an empty ROUTE: ``structure.default_route``, else the
+    depot with first-order absorption, else the central compartment."""
+    if "default_route" in structure:
+        return structure["default_route"]
+    return "depot" if structure.get("absorption", "none") == "first_order" else "central"
+
+
+def known_routes(structure: dict[str, Any]) -> tuple[str, ...]:
+    """The routes a structure can give doses by: central, depot with first-order absorption,
+    and the declared ones."""
+    builtin = ("central", "depot") if structure.get("absorption") == "first_order" else ("central",)  # fmt: skip
+    return (*builtin, *structure.get("routes", {}))
+
+
+def resolve_route(structure: dict[str, Any], name: str) -> str | None:
+    """The route a data ROUTE value means: empty is the default route, a known route itself,
+    an alias (:data:`ROUTE_ALIASES`, where the structure declares no route of that name) its
+    built-in route; None where the structure has no such route."""
+    name = name.strip()
+    if not name:
+        return default_route(structure)
+    known = known_routes(structure)
+    if name in known:
+        return name
+    alias = ROUTE_ALIASES.get(name)
+    return alias if alias in known else None
+
+
+def _route_problems(structure: dict[str, Any], parameters: dict[str, dict[str, Any]]) -> list:
+    """What is wrong with ``structure.routes`` and ``structure.default_route``: a depot route
+    needs ka, a central one takes no ka or transit; each named parameter must exist and be of
+    the kind its key needs; the default route must be known."""
+    problems = []
+    for name, route in structure.get("routes", {}).items():
+        where = f"structure.routes.{name}"
+        if name in BUILTIN_ROUTES:
+            problems.append(
+                f"{where}: {name} is a built-in route (central: IV; depot: absorption "
+                "first_order with ka and f_bio); give a declared route another name"
+            )
+        if route["compartment"] == "depot" and "ka" not in route:
+            problems.append(f"{where}.ka: a depot route needs an absorption rate constant")
+        if route["compartment"] == "central":
+            for key in ("ka", "transit"):
+                if key in route:
+                    problems.append(f"{where}.{key}: a central route has no absorption")
+        for key, par in route_parameters(route).items():
+            at = f"{where}.transit.ktr" if key == "ktr" else f"{where}.{key}"
+            if par not in parameters:
+                problems.append(f"{at}: {par!r} is not a parameter of the model")
+                continue
+            want = ROUTE_PARAMETER_KINDS.get(key, "rate")
+            kind = parameter_kind(par, parameters[par])
+            if kind != want:
+                problems.append(f"{at}: {par!r} is a {kind} parameter; {key} needs kind {want}")
+    if "default_route" in structure and structure["default_route"] not in known_routes(structure):
+        problems.append(
+            f"structure.default_route: {structure['default_route']!r} is not a route of the "
+            f"model (routes: {list(known_routes(structure))})"
+        )
+    return problems
 
 
 def required_covariates(spec: PKSpec) -> dict[str, str]:
@@ -225,9 +314,13 @@ def validate_spec(raw: Any, source: str) -> dict[str, Any]:
         problems.append(
             f"structure.metabolites: must be [], [NK] or [NK, HNK] (formed in sequence), got {mets}"
         )
+    problems += _route_problems(structure, spec["parameters"])
     need = required_parameters(structure)
     have = set(spec["parameters"])
-    for name in sorted(need - have):
+    named_by_routes = {
+        par for r in structure.get("routes", {}).values() for par in route_parameters(r).values()
+    }
+    for name in sorted(need - have - named_by_routes):  # those reported by _route_problems
         problems.append(f"parameters.{name}: required by the structure but missing")
     for name in sorted(have - need):
         problems.append(f"parameters.{name}: not used by the structure")

@@ -37,7 +37,7 @@ from ketamine_pmx.models.pk_structure import (
     individual_parameters,
     predict_ng_ml,
 )
-from ketamine_pmx.models.residual import residual_mean_sd
+from ketamine_pmx.models.residual import residual_mean_sd, sigma_prior_sd
 from ketamine_pmx.models.spec import PKSpec, bsv_groups, joint_effects
 
 #: Median of a half-normal distribution per unit scale (sqrt(2) erfinv(1/2)).
@@ -112,8 +112,8 @@ def reference_sigmas(spec: PKSpec, data: PKData) -> dict[str, np.ndarray]:
     res = spec.spec["residual"]
     analyte = analyte_index(data)
     n_a = len(data.analytes)
-    prop = HALF_NORMAL_MEDIAN * res.get("sigma_prop_prior_sd", 0.5) * np.ones(n_a)
-    add = HALF_NORMAL_MEDIAN * res.get("sigma_add_prior_sd", 1.0) * np.ones(n_a)
+    prop = HALF_NORMAL_MEDIAN * sigma_prior_sd(res, "sigma_prop") * np.ones(n_a)
+    add = HALF_NORMAL_MEDIAN * sigma_prior_sd(res, "sigma_add") * np.ones(n_a)
     return {"sigma_prop": prop[analyte], "sigma_add": add[analyte]}
 
 
