@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ketamine_pmx.contract import ENDPOINT_OF_INDICATION, EVID_DOSE, EVID_OBSERVATION
+from ketamine_pmx.contract import DOSE_EVIDS, ENDPOINT_OF_INDICATION, EVID_OBSERVATION
 
 HOURS_PER_WEEK = 168.0
 COVARIATES = ("WT", "AGE", "SEX", "CYP2B6_CLASS", "DSER", "MG", "INDICATION")
@@ -43,10 +43,16 @@ class Outcomes:
 
 
 def course_times(table: pd.DataFrame) -> pd.DataFrame:
-    """First dose time and end of the last infusion (course end) per patient."""
-    doses = table[table["EVID"] == EVID_DOSE]
+    """First dose time and end of the last infusion (course end) per patient.
+
+    Every dose record counts (EVID 1 and 4; ADDL doses are rows of the clean table already),
+    each by its own dose: a steady-state record (SS 1/2) is one dose at its time, not the
+    earlier doses its steady state stands for. A dose of modelled rate or duration (RATE
+    -1/-2) has no duration in the data and ends the course at its start.
+    """
+    doses = table[table["EVID"].isin(DOSE_EVIDS)]
     if doses.empty:
-        raise OutcomeError("the dataset has no dose records (EVID 1)")
+        raise OutcomeError("the dataset has no dose records (EVID 1 or 4)")
     rate = doses["RATE"].to_numpy(float)
     dur = np.where(rate > 0, doses["AMT"].to_numpy(float) / np.where(rate > 0, rate, 1.0), 0.0)
     ends = doses["TIME"].to_numpy(float) + dur

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ketamine_pmx.contract import DEFAULT_CYP2B6_MAP, EVID_DOSE, EVID_OBSERVATION
+from ketamine_pmx.contract import DEFAULT_CYP2B6_MAP, DOSE_EVIDS, EVID_OBSERVATION
 from ketamine_pmx.data.validation import (
     MISSING_TOKENS,
     DataValidationError,
@@ -274,7 +274,7 @@ def load_concentrations(
     clean = validate_frame(frame, dcfg, source).table
     for sid, rows in clean.groupby("ID", sort=False):
         obs = rows[(rows["EVID"] == EVID_OBSERVATION) & rows["DV"].notna()]
-        doses = rows[rows["EVID"] == EVID_DOSE]
+        doses = rows[rows["EVID"].isin(DOSE_EVIDS)]  # EVID 1 and 4; ADDL already expanded
         where = tuple(int(i) + 2 for i in rows.index[:3])
         if obs.empty:
             problems.append(

@@ -115,6 +115,7 @@ def pk_loglik(
             obs_time_h=np.tile(data.obs["TIME"].to_numpy(float), nb),
             obs_level=np.tile(data.obs["level"].to_numpy(np.int64), nb),
             n_subject=nb * n_c,
+            obs_after_events=np.tile(data.obs["after_events"].to_numpy(bool), nb),
         )
         p = {k: v[lo:hi, 0, :].reshape(-1) for k, v in params.items()}
         pred = chain_concentrations(spec, layout, p, conc=np_conc_ng_ml).reshape(nb, -1)

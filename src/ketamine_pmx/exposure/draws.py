@@ -31,10 +31,15 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from ketamine_pmx.contract import EVID_DOSE
+from ketamine_pmx.contract import DOSE_EVIDS
 from ketamine_pmx.data.outcomes import primary_times
 from ketamine_pmx.io import atomic_path
-from ketamine_pmx.models.pk_data import chain_doses, tile_doses, tile_subjects
+from ketamine_pmx.models.pk_data import (
+    DOSE_RECORD_EVIDS,
+    chain_doses,
+    tile_doses,
+    tile_subjects,
+)
 from ketamine_pmx.models.pk_structure import (
     TERMS_PER_BATCH,
     ExposureError,
@@ -147,17 +152,30 @@ def exposure_metrics(
     """Metrics (sample, subject, metric) for individual parameters (sample, subject, chain).
 
     ``subjects`` are the patients' IDs in the parameters' order, ``table`` holds their dose
-    records and ``window`` the end of each one's exposure window (h). The metric order is
-    :func:`metric_names`.
+    records (EVID 1 and 4) and resets (EVID 3 and 4) and ``window`` the end of each one's
+    exposure window (h). The metric order is :func:`metric_names`.
+
+    A reset empties every compartment, the AUC's with them: a patient's AUC is then from the
+    last reset before the window's end. A steady-state dose (SS 1/2) is refused
+    (:class:`ExposureError`): the AUC from the first dose has no finite exact form from a
+    steady state (give the course's doses as ADDL records instead).
     """
     n_c = len(spec.chains)
     n_s, n_subj = next(iter(params.values())).shape[:2]
-    doses = table[(table["EVID"] == EVID_DOSE) & table["ID"].isin(set(subjects))]
+    records = table[table["EVID"].isin(DOSE_RECORD_EVIDS) & table["ID"].isin(set(subjects))]
+    doses = records[records["EVID"].isin(DOSE_EVIDS)]
     missing = sorted(set(subjects) - set(doses["ID"]))
     if missing:
         raise ExposureError(f"subjects {missing[:5]} of the posterior have no dose records")
+    if "SS" in doses.columns and (doses["SS"].fillna(0) > 0).any():
+        rows = doses.loc[doses["SS"].fillna(0) > 0, ["ID", "TIME"]].head(5).to_dict("records")
+        raise ExposureError(
+            f"steady-state dose records (SS 1/2) {rows}: the AUC from the first dose is not "
+            "defined from a steady state; give the doses of the course as explicit records "
+            "(ADDL) to compute exposures"
+        )
     index = {sid: k for k, sid in enumerate(subjects)}
-    d = chain_doses(doses, index, spec)
+    d = chain_doses(records, index, spec)
     by_subj = dict(tuple(doses.groupby("ID", sort=False)))
     grids = [cmax_grid(by_subj[sid], window[k], cmax_offsets_h) for k, sid in enumerate(subjects)]
 

@@ -13,6 +13,7 @@ from .pk_fit import (
     is_innovation,
     log_likelihood,
     prior_typical,
+    record_variables,
     sample_pk,
 )
 from .posterior_files import (
@@ -54,6 +55,7 @@ __all__ = [
     "log_likelihood",
     "loo_refitter",
     "prior_typical",
+    "record_variables",
     "run_nuts",
     "run_timings",
     "sample_pk",

@@ -21,6 +21,7 @@ import pandas as pd
 import pymc as pm
 import xarray as xr
 
+from ketamine_pmx.contract import DOSE_EVIDS, EVID_DOSE, EVID_RESET, EVID_RESET_DOSE
 from ketamine_pmx.inference.sampling import run_nuts
 from ketamine_pmx.meta import __version__
 from ketamine_pmx.models.pk_data import PKData, censored_observations, prepare_pk_data
@@ -93,10 +94,51 @@ def log_likelihood(model: pm.Model, idata: az.InferenceData) -> xr.Dataset:
         model.rvs_to_initial_values.update(start)
 
 
+def record_variables(data: PKData) -> tuple[dict[str, tuple[str, np.ndarray]], dict]:
+    """The dose and reset records of ``data`` as ``constant_data`` variables and coordinates.
+
+    ``dose`` holds the dose rows (EVID 1 and 4): ID, TIME, AMT, RATE (as in the clean table:
+    -1/-2 a modelled rate/duration) and the product given; where the data have other NONMEM
+    records (an EVID 4 dose, a steady state, a ROUTE) also their EVID, SS, II and ROUTE. The
+    resets (EVID 3, and the reset of EVID 4) are ``reset`` variables, present where the data
+    have any. A dataset of plain doses gives the variables it always gave.
+    """
+    evid = data.doses["EVID"].to_numpy(int)
+    doses = data.doses[np.isin(evid, DOSE_EVIDS)]
+    resets = data.doses[np.isin(evid, (EVID_RESET, EVID_RESET_DOSE))]
+    out = {
+        "dose_id": ("dose", doses["ID"].to_numpy()),
+        "dose_time_h": ("dose", doses["TIME"].to_numpy(float)),
+        "dose_amt_mg": ("dose", doses["AMT"].to_numpy(float)),
+        "dose_rate_mg_h": ("dose", doses["RATE"].to_numpy(float)),
+        "dose_target": ("dose", doses["ANALYTE"].astype(str).to_numpy()),
+    }
+    ss = doses["SS"].fillna(0).to_numpy(int) if "SS" in doses else np.zeros(len(doses), int)
+    ii = doses["II"].fillna(0.0).to_numpy(float) if "II" in doses else np.zeros(len(doses))
+    route = (
+        doses["ROUTE"].fillna("").astype(str).to_numpy()
+        if "ROUTE" in doses
+        else np.full(len(doses), "")
+    )
+    if np.any(doses["EVID"].to_numpy(int) != EVID_DOSE) or np.any(ss > 0) or np.any(route != ""):
+        out["dose_evid"] = ("dose", doses["EVID"].to_numpy(int))
+        out["dose_ss"] = ("dose", ss)
+        out["dose_ii_h"] = ("dose", ii)
+        out["dose_route"] = ("dose", route.astype(str))
+    coords = {"dose": np.arange(len(doses))}
+    if len(resets):
+        out["reset_id"] = ("reset", resets["ID"].to_numpy())
+        out["reset_time_h"] = ("reset", resets["TIME"].to_numpy(float))
+        out["reset_evid"] = ("reset", resets["EVID"].to_numpy(int))
+        coords["reset"] = np.arange(len(resets))
+    return out, coords
+
+
 def _add_data_groups(idata: az.InferenceData, spec: PKSpec, data: PKData) -> None:
     obs = data.obs
     obs_coord = {"obs": np.arange(len(obs))}
     value, _ = censored_observations(spec, data)
+    records, record_coords = record_variables(data)
     idata.add_groups(
         observed_data=xr.Dataset({"y": ("obs", value)}, coords=obs_coord),
         constant_data=xr.Dataset(
@@ -109,13 +151,9 @@ def _add_data_groups(idata: az.InferenceData, spec: PKSpec, data: PKData) -> Non
                 "obs_lloq": ("obs", obs["LLOQ"].to_numpy(float)),
                 "wt_kg": ("subject", data.wt),
                 "cyp2b6_class": ("subject", data.cyp_class.astype(str)),
-                "dose_id": ("dose", data.doses["ID"].to_numpy()),
-                "dose_time_h": ("dose", data.doses["TIME"].to_numpy(float)),
-                "dose_amt_mg": ("dose", data.doses["AMT"].to_numpy(float)),
-                "dose_rate_mg_h": ("dose", data.doses["RATE"].to_numpy(float)),
-                "dose_target": ("dose", data.doses["ANALYTE"].astype(str).to_numpy()),
+                **records,
             },
-            coords={**obs_coord, "subject": data.subjects, "dose": np.arange(len(data.doses))},
+            coords={**obs_coord, "subject": data.subjects, **record_coords},
         ),
     )
 

@@ -106,10 +106,13 @@ def prepare_pk_data(table: pd.DataFrame, spec: PKSpec, source: str = "the datase
     """Select the spec's analytes and build per-chain dose/observation layouts.
 
     Only the covariates the spec uses must be present (:func:`check_covariates`; ``source``
-    names the table's file in its message).
+    names the table's file in its message). An observation sees the dose and reset records of
+    its time that come before it in the table (NONMEM's record order, :func:`obs_after_events`;
+    the ``after_events`` column of ``obs``).
     """
     analytes = spec.analytes
-    obs = table[(table["EVID"] == EVID_OBSERVATION) & table["ANALYTE"].isin(analytes)].copy()
+    is_obs = ((table["EVID"] == EVID_OBSERVATION) & table["ANALYTE"].isin(analytes)).to_numpy()
+    obs = table[is_obs].copy()
     if obs.empty:
         present = sorted(set(table.loc[table["EVID"] == EVID_OBSERVATION, "ANALYTE"]))
         raise FitError(
@@ -125,7 +128,10 @@ def prepare_pk_data(table: pd.DataFrame, spec: PKSpec, source: str = "the datase
     # dose and reset records (EVID 1, 3 and 4)
     doses = table[table["EVID"].isin(DOSE_RECORD_EVIDS) & table["ID"].isin(index)].copy()
 
+    mine = table["ID"].isin(index).to_numpy()
+    after = obs_after_events(table[mine], spec, source)[is_obs[mine]]
     obs = obs.reset_index(drop=True)
+    obs["after_events"] = after
     obs["subject"] = obs["ID"].map(index).astype(int)
     chain_level = [spec.level_of(a) for a in obs["ANALYTE"]]
     obs["chain"] = [c for c, _ in chain_level]
@@ -142,6 +148,7 @@ def prepare_pk_data(table: pd.DataFrame, spec: PKSpec, source: str = "the datase
         obs_time_h=obs["TIME"].to_numpy(float),
         obs_level=obs["level"].to_numpy(np.int64),
         n_subject=len(subjects) * n_chain,
+        obs_after_events=after,
     )
     digest = hashlib.sha256(
         pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes()
@@ -156,6 +163,49 @@ def prepare_pk_data(table: pd.DataFrame, spec: PKSpec, source: str = "the datase
         analytes=tuple(a for a in analytes if a in set(obs["ANALYTE"])),
         data_sha256=digest,
     )
+
+
+def obs_after_events(table: pd.DataFrame, spec: PKSpec, source: str = "the dataset") -> np.ndarray:
+    """Per row of ``table``: whether it follows, in the table's row order, a record of the
+    same subject and time that an observation at that time sees (NONMEM's reading of a data
+    file): a reset (EVID 3 or 4), a steady-state dose (SS 1/2) or a bolus (RATE 0, AMT > 0)
+    into the central compartment. Infusions and depot doses add nothing at the time they
+    start, so an observation after them stays False (the engine's fast path).
+
+    An observation with such records both before and after it at its time cannot be given
+    NONMEM's meaning (the engine sees all events of a time or none): :class:`FitError`, naming
+    ``source`` and the rows.
+    """
+    evid = table["EVID"].to_numpy(int)
+    event = np.isin(evid, (EVID_RESET, EVID_RESET_DOSE))
+    dosing = np.isin(evid, DOSE_EVIDS)
+    if dosing.any():
+        doses = table[dosing]
+        route = dose_routes(doses, spec, source)
+        declared = spec.structure.get("routes", {})
+        central = np.array(
+            [declared.get(r, {}).get("compartment", r) == "central" for r in route], dtype=bool
+        )
+        bolus = (doses["RATE"].to_numpy(float) == 0) & (doses["AMT"].to_numpy(float) > 0)
+        ss = _dose_column(doses, "SS") > 0
+        event[dosing] |= ss | (bolus & central)
+    if not event.any():
+        return np.zeros(len(table), dtype=bool)
+    keys = [table["ID"].to_numpy(), table["TIME"].to_numpy(float)]
+    before = pd.Series(event.astype(int)).groupby(keys, sort=False).cumsum().to_numpy()
+    total = pd.Series(event.astype(int)).groupby(keys, sort=False).transform("sum").to_numpy()
+    after = (before > 0) & ~event
+    observed = evid == EVID_OBSERVATION
+    between = observed & after & (total > before)
+    if between.any():
+        rows = table.loc[between, ["ID", "TIME"]].head(5).to_dict("records")
+        raise FitError(
+            f"{source}: observation row(s) at {rows} lie between dose or reset records of their "
+            "own time (a bolus into the central compartment, a steady-state dose or EVID 3/4): "
+            "an observation sees every such record of its time or none; place it before or "
+            "after all of them"
+        )
+    return after & observed
 
 
 # --------------------------------------------------------------------------------------
