@@ -102,3 +102,17 @@ def true_parameters(subjects: pd.DataFrame, data) -> dict[str, np.ndarray]:
         out[name] = s[[f"S_{col}", f"R_{col}"]].to_numpy(float)
     out["cl_o"] = s[["S_cl", "R_cl"]].to_numpy(float) - out["cl_f"]
     return out
+
+
+def clean_pk_table(dose_rows: pd.DataFrame, obs: pd.DataFrame, **constant) -> pd.DataFrame:
+    """A clean table (the validator's output form) from simulated dose and observation rows:
+    doses before observations at equal times, no censoring, ``constant`` columns (e.g.
+    ``WT=70.0``) set for every row."""
+    table = pd.concat([dose_rows, obs]).sort_values(["ID", "TIME", "EVID"], ascending=[1, 1, 0])
+    table = table.reset_index(drop=True)
+    table["MDV"] = (table["EVID"] != 0).astype(int)
+    table["LLOQ"] = np.nan
+    table["BLQ"] = 0
+    for column, value in constant.items():
+        table[column] = value
+    return table

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, make_config
+from conftest import REPO, clean_pk_table, make_config
 from scipy.special import expit
 
 from ketamine_pmx.contract import MOLAR_MASS_G_MOL
@@ -254,14 +254,7 @@ def crossover_table(n: int, rng: np.random.Generator, sigma: float) -> pd.DataFr
             "DV": np.nan,
         }
     )
-    table = pd.concat([dose_rows, obs]).sort_values(["ID", "TIME", "EVID"], ascending=[1, 1, 0])
-    table = table.reset_index(drop=True)
-    table["MDV"] = (table["EVID"] != 0).astype(int)
-    table["LLOQ"] = np.nan
-    table["BLQ"] = 0
-    table["WT"] = 70.0
-    table["CYP2B6_CLASS"] = "NM"
-    return table
+    return clean_pk_table(dose_rows, obs, WT=70.0, CYP2B6_CLASS="NM")
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, evaluate
+from conftest import REPO, clean_pk_table, evaluate
 
 from ketamine_pmx.inference import fit_pk
 from ketamine_pmx.models import (
@@ -82,13 +82,7 @@ def generic_table(
             "DV": np.nan,
         }
     )
-    table = pd.concat([dose_rows, obs]).sort_values(["ID", "TIME", "EVID"], ascending=[1, 1, 0])
-    table = table.reset_index(drop=True)
-    table["MDV"] = (table["EVID"] != 0).astype(int)
-    table["LLOQ"] = np.nan
-    table["BLQ"] = 0
-    table["WT"] = 70.0
-    return table
+    return clean_pk_table(dose_rows, obs, WT=70.0)
 
 
 def respecified(path, **residual) -> PKSpec:
