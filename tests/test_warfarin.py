@@ -86,3 +86,11 @@ def test_a_short_fit_lands_near_nonmem(tmp_path):
     for name, reference in NONMEM.items():
         median = float(params.loc[name, "median"])
         assert reference / 1.5 < median < reference * 1.5, (name, median)
+
+
+def test_validate_says_what_it_set_aside(capsys):
+    """The command's one-line verdict names the excluded rows, not only the summary file."""
+    assert cli.main(["validate", str(DATA), "--config", str(CONFIG)]) == 0
+    out = capsys.readouterr().out
+    assert "valid (32 subjects, 32 doses, 251 observations" in out
+    assert "232 rows excluded by data.exclude[0] DVID == pca" in out
