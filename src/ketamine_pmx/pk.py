@@ -337,13 +337,24 @@ class _JacobianGradient:
 
     def __call__(self, inputs: list[Any], outputs: list[Any], output_grads: list[Any]) -> list[Any]:
         from pytensor.gradient import DisconnectedType
+        from pytensor.graph.traversal import ancestors
 
         n_in = len(self.data)
         jac = inputs[n_in + self.n_out :]
+        # PyTensor passes the connected outputs only (an output no input reaches, e.g. a
+        # level whose parameters are all data, is left out): find each one's position.
+        if len(output_grads) == self.n_out:
+            grad_of = dict(enumerate(output_grads))
+        else:
+            values = inputs[n_in : n_in + self.n_out]
+            grad_of = {}
+            for out, g in zip(outputs, output_grads, strict=True):
+                above = set(ancestors([out]))
+                grad_of[next(o for o, v in enumerate(values) if v in above)] = g
         total: list[Any] = [None] * n_in
         for (o, k), partial in zip(self.partials, jac, strict=True):
-            g = output_grads[o]
-            if isinstance(g.type, DisconnectedType):
+            g = grad_of.get(o)
+            if g is None or isinstance(g.type, DisconnectedType):
                 continue
             total[k] = g * partial if total[k] is None else total[k] + g * partial
         grads = [DisconnectedType()() if t is None else t for t in total]
@@ -1071,7 +1082,9 @@ class Route:
     f amt / rate (NONMEM's convention); a modelled-rate infusion lasts f amt / ``rate``, a
     modelled-duration one runs at f amt / ``duration``. ``lag`` (h): the dose acts at
     t_dose + lag. ``rate`` (mg/h) and ``duration`` (h) are the modelled rate and duration of
-    the route's doses of ``dose_rate_mode`` 1 and 2.
+    the route's doses of ``dose_rate_mode`` 1 and 2. ``level`` the chain level the dose
+    enters: 0 the parent's central compartment, j >= 1 the compartment of metabolite j (a dose
+    of A mg is A mg of metabolite j, through the depot and transits where ``ka`` is given).
     """
 
     ka: Any = None
@@ -1081,8 +1094,11 @@ class Route:
     duration: Any = None
     n_transit: int = 0
     ktr: Any = None
+    level: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.level, int | np.integer) or not 0 <= self.level <= MAX_METABOLITES:
+            raise ValueError(f"Route.level: must be a whole number in 0..{MAX_METABOLITES}, got {self.level!r}")  # fmt: skip
         if not isinstance(self.n_transit, int | np.integer) or self.n_transit < 0:
             raise ValueError(f"Route.n_transit: must be a whole number >= 0, got {self.n_transit!r}")  # fmt: skip
         if (self.n_transit > 0) != (self.ktr is not None):
@@ -1399,22 +1415,37 @@ def _conc_general(
     lams: list[Any],
     weights: list[Any],
     k_el: list[Any],
+    gains: list[Any],
     method: str,
-) -> Any:
-    """Reduced amounts per observation of a general layout (see :func:`_dose_response`)."""
+) -> tuple[Any, Any]:
+    """Amounts per observation of a general layout (see :func:`_dose_response`): the reduced
+    amounts of the doses into the parent (level-0 routes), and the amounts (mg) of the doses
+    into a metabolite's compartment (None where no route has one).
+
+    A dose into level j >= 1 starts a chain of its own: nodes (upstream, k_j, k_(j+1)..k_L),
+    weight 1, level l >= j scaled by the gains (r_m k_fm) of the levels j+1..l, and nothing
+    in the levels below j.
+    """
     rec = layout.records
     assert rec is not None
     xp = be.xp
-    n_eig = len(lams)
     n_lev = layout.max_level  # metabolite levels evaluated
     if method != "stable":
         raise ValueError("method='naive' is for the central/depot records only")
     pair_obs, pair_dose, dt = _general_pairs(layout)
     kinds = _general_kind(rec)[pair_dose]
     route_of = rec.route[pair_dose]
-    parts, pair_flat, pair_obs_all = [], [], []
-    offset = 0
+    pair_level = rec.obs_level[pair_obs]
+    collect: dict[bool, tuple[list, list, list]] = {False: ([], [], []), True: ([], [], [])}
+    offsets = {False: 0, True: 0}
     for name, route in routes.items():
+        j = int(route.level)
+        if j == 0:
+            lams_r, w_r, k_r = lams, weights, k_el[1 : n_lev + 1]
+        else:
+            lams_r, w_r, k_r = [k_el[j]], [None], k_el[j + 1 : n_lev + 1]
+        n_eig, n_k = len(lams_r), len(k_r)
+        parts, pair_flat, pair_obs_all = collect[j > 0]
         f = subj(route.f, f"routes[{name!r}].f")
         lag = subj(route.lag, f"routes[{name!r}].lag")
         ups_s = []
@@ -1422,7 +1453,7 @@ def _conc_general(
             ktr = subj(route.ktr, f"routes[{name!r}].ktr") if route.n_transit else None
             ups_s = ([ktr] if route.n_transit else []) + [subj(route.ka, f"routes[{name!r}].ka")]
         for k, kind in enumerate(GENERAL_KINDS):
-            mask = (route_of == name) & (kinds == k)
+            mask = (route_of == name) & (kinds == k) & (pair_level >= j)
             if not mask.any():
                 continue
             dose = pair_dose[mask]
@@ -1447,21 +1478,24 @@ def _conc_general(
                     rate = be.where(be.asarray(mode == 2), amount / m_dur, rate)
                 else:
                     duration = amount / rate
-            lam_in = [lam[d_subj] for lam in lams]
-            w_in = [w[d_subj] for w in weights]
-            k_in = [k_[d_subj] for k_ in k_el[1 : n_lev + 1]]
+            lam_in = [lam[d_subj] for lam in lams_r]
+            w_in = [np.ones(dose.size) if w is None else w[d_subj] for w in w_r]
+            k_in = [k_[d_subj] for k_ in k_r]
             ups_in = [u[d_subj] for u in ups_s]
             args = [dt[mask], rec.ii_h[dose], lag[d_subj], amount, rate, duration, *ups_in, *lam_in, *w_in, *k_in]  # fmt: skip
             n_tr = route.n_transit
 
-            def unpack(xs: list[Any], n_tr: int = n_tr, n_up: int = len(ups_in)) -> tuple:
+            def unpack(
+                xs: list[Any], n_tr: int = n_tr, n_up: int = len(ups_in), n_eig: int = n_eig,
+                n_k: int = n_k,
+            ) -> tuple:  # fmt: skip
                 it = iter(xs[6:])
                 ups = [next(it) for _ in range(n_up)]
                 if n_tr:
                     ups = [ups[0]] * n_tr + ups[1:]
                 lam_x = [next(it) for _ in range(n_eig)]
                 w_x = [next(it) for _ in range(n_eig)]
-                k_x = [next(it) for _ in range(n_lev)]
+                k_x = [next(it) for _ in range(n_k)]
                 return ups, lam_x, w_x, k_x
 
             if be.name == "numpy":
@@ -1475,21 +1509,33 @@ def _conc_general(
                     sb = _scalar_backend()
                     return _dose_response(sb, kind, *xs[:6], ups, lam_x, w_x, k_x)
 
-                key = ("dose", kind, n_tr, len(ups_in), n_eig, n_lev)
+                key = ("dose", kind, n_tr, len(ups_in), n_eig, n_k)
                 n_pair = dose.size
                 args = [a if _is_symbolic(a) else np.broadcast_to(np.asarray(a, float), (n_pair,)) for a in args]  # fmt: skip
                 args = [a + xp.zeros(n_pair) if _is_symbolic(a) and a.ndim == 0 else a for a in args]  # fmt: skip
-                outs = _apply_multi_kernel(key, build, args, maybe_data=tuple(range(len(args))))
+                outs = list(_apply_multi_kernel(key, build, args, maybe_data=tuple(range(len(args)))))  # fmt: skip
             n_pair = dose.size
+            if j:  # amounts (mg) of levels j..n_lev: times the gains of the levels j+1..l
+                gain: Any = None
+                for i in range(1, len(outs)):
+                    g = gains[j + i][d_subj]
+                    gain = g if gain is None else _mul(gain, g)
+                    outs[i] = _mul(outs[i], gain)
             parts.extend(outs)
-            pair_flat.append(offset + rec.obs_level[pair_obs[mask]] * n_pair + np.arange(n_pair))
+            pair_flat.append(offsets[j > 0] + (pair_level[mask] - j) * n_pair + np.arange(n_pair))
             pair_obs_all.append(pair_obs[mask])
-            offset += (n_lev + 1) * n_pair
-    if parts:
-        flat = parts[0] if len(parts) == 1 else xp.concatenate(parts)
-        contrib = flat[np.concatenate(pair_flat)]
-        return be.segment_sum(contrib, np.concatenate(pair_obs_all), layout.n_obs)
-    return be.segment_sum(be.asarray(np.zeros(0)), np.zeros(0, np.int64), layout.n_obs)
+            offsets[j > 0] += (n_k + 1) * n_pair
+    totals = []
+    for into_metabolite, (parts, pair_flat, pair_obs_all) in collect.items():
+        if parts:
+            flat = parts[0] if len(parts) == 1 else xp.concatenate(parts)
+            contrib = flat[np.concatenate(pair_flat)]
+            totals.append(be.segment_sum(contrib, np.concatenate(pair_obs_all), layout.n_obs))
+        elif into_metabolite:
+            totals.append(None)
+        else:
+            totals.append(be.segment_sum(be.asarray(np.zeros(0)), np.zeros(0, np.int64), layout.n_obs))  # fmt: skip
+    return totals[0], totals[1]
 
 
 def _conc(
@@ -1536,6 +1582,7 @@ def _conc(
     lams, weights = _disposition(be, cl, vc, q, vp, q2, vp2)
     n_eig = len(lams)
     k_el, coef, vol, clear = [cl / vc], [xp.ones_like(cl)], [vc], [cl]
+    gains: list[Any] = [None]  # r_j k_fj: coef[j] = coef[j - 1] * gains[j]
     for j, met in enumerate(metabolites, start=1):
         name = f"metabolites[{j - 1}]"
         cl_m, v_m = subj(met.cl_m, f"{name}.cl_m"), subj(met.v_m, f"{name}.v_m")
@@ -1543,6 +1590,7 @@ def _conc(
             k_f = subj(met.cl_f, f"{name}.cl_f") / vol[-1]
         else:
             k_f = subj(met.fm, f"{name}.fm") * clear[-1] / vol[-1]
+        gains.append(subj(met.r, f"{name}.r") * k_f)
         coef.append(coef[-1] * subj(met.r, f"{name}.r") * k_f)
         k_el.append(cl_m / v_m)
         vol.append(v_m)
@@ -1552,10 +1600,21 @@ def _conc(
         if layout.records is None:
             raise ValueError("routes: this layout has no records (build it with build_layout)")
         resolved = _resolve_routes(layout.records, routes, ka, f_bio)
-        amounts = _conc_general(be, layout, resolved, subj, lams, weights, k_el, method)
+        for name, route in resolved.items():
+            if route.level > n_met:
+                raise ValueError(
+                    f"routes[{name!r}].level: doses into chain level {route.level} but only "
+                    f"{n_met} metabolite(s)"
+                )
+        amounts, direct = _conc_general(be, layout, resolved, subj, lams, weights, k_el, gains, method)  # fmt: skip
         n_lev = n_met + 1
         per_level = xp.stack([coef[j] / vol[j] for j in range(n_lev)], axis=1).reshape((-1,))
-        return NG_ML_PER_MG_L * per_level[layout.obs_subject * n_lev + layout.obs_level] * amounts
+        at = layout.obs_subject * n_lev + layout.obs_level
+        conc = NG_ML_PER_MG_L * per_level[at] * amounts
+        if direct is None:
+            return conc
+        volume = xp.stack(vol, axis=1).reshape((-1,))
+        return conc + NG_ML_PER_MG_L * direct / volume[at]
 
     # Per-subject table, columns [ka, lambda_1..lambda_n_eig, k_1..k_n_met, w_1..w_n_eig,
     # w_1 ka F..w_n_eig ka F], gathered column by column (see _Rows).

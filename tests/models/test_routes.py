@@ -25,7 +25,7 @@ from ketamine_pmx.models import (
     tile_doses,
     validate_spec,
 )
-from ketamine_pmx.pk import Route, build_layout, np_conc_ng_ml
+from ketamine_pmx.pk import Metabolite, Route, build_layout, np_conc_ng_ml
 
 MODELS = REPO / "models"
 IV_ORAL = MODELS / "pk_1cmt_iv_oral.yaml"
@@ -253,3 +253,84 @@ def test_routes_are_built_from_the_individual_parameters(spec):
     y = evaluate(model, [model.logp(vars=[model["y"]], sum=False)[0]], point)[0]
     assert np.isfinite(y).all()
     assert {"log_lag_oral_pop", "logit_f_oral_pop"} <= set(point)
+
+
+# --------------------------------------------------------------------------------------
+# Routes into a metabolite's compartment
+# --------------------------------------------------------------------------------------
+
+RACEMIC = MODELS / "pk_racemic_2cmt_metab.yaml"
+
+
+def racemic_with_routes(routes: dict) -> dict:
+    raw = copy.deepcopy(load_pk_spec(RACEMIC).spec)
+    raw["structure"]["routes"] = routes
+    raw["covariates"] = {"allometry": {"enabled": False}}
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("metabolites", "route", "fragment"),
+    [
+        (
+            ["NK"],
+            {"compartment": "HNK"},
+            "structure.routes.hnk_iv.compartment: HNK is not a metabolite",
+        ),
+        ([], {"compartment": "NK"}, "structure.routes.hnk_iv.compartment: NK is not a metabolite"),
+        (
+            ["NK", "HNK"],
+            {"compartment": "NK", "transit": {"n": 2, "ktr": "cl_nk"}},
+            "structure.routes.hnk_iv.transit: transit compartments need a depot (ka)",
+        ),
+    ],
+)
+def test_a_route_into_a_metabolite_the_structure_lacks_is_refused(metabolites, route, fragment):
+    raw = racemic_with_routes({"hnk_iv": route})
+    raw["structure"]["metabolites"] = metabolites
+    with pytest.raises(SpecError) as err:
+        validate_spec(raw, "models/x.yaml")
+    assert fragment in str(err.value)
+
+
+def test_a_route_into_nk_gives_the_engines_level_one_prediction():
+    """A racemic NK infusion and bolus by the declared route nk_iv (compartment NK) and a
+    ketamine bolus: the prediction is the engine's with Route(level=1), and the NK dose
+    reaches NK and HNK but not ketamine."""
+    raw = racemic_with_routes({"nk_iv": {"compartment": "NK"}, "hnk_iv": {"compartment": "HNK"}})
+    spec = PKSpec(
+        name="x", path="models/x.yaml", spec=validate_spec(raw, "models/x.yaml"), sha256=""
+    )
+    base = {"ID": 1, "EVID": 1, "ANALYTE": "KET", "AMT": 0.0, "RATE": 0.0, "DV": np.nan}
+    doses = [
+        {**base, "TIME": 0.0, "AMT": 20.0, "ROUTE": "nk_iv"},
+        {**base, "TIME": 6.0, "AMT": 30.0, "RATE": 15.0, "ROUTE": "nk_iv"},
+    ]
+    obs = [{**base, "TIME": t, "EVID": 0, "DV": 1.0, "ANALYTE": a} for t in (0.0, 1.0, 7.0, 12.0) for a in ("KET", "NK", "HNK")]  # fmt: skip
+    table = pd.DataFrame(doses + obs)
+    table["MDV"] = (table["EVID"] != 0).astype(int)
+    table["LLOQ"], table["BLQ"], table["WT"] = np.nan, 0, 70.0
+    data = prepare_pk_data(table, spec)
+    p = {"cl_f": 60.0, "cl_o": 15.0, "vc": 100.0, "q": 100.0, "vp": 180.0, "cl_nk": 70.0,
+         "v_nk": 250.0, "fm_hnk": 0.5, "cl_hnk": 76.0, "v_hnk": 115.0}  # fmt: skip
+    pred = predict_ng_ml(spec, data, p)
+    analyte = data.obs["ANALYTE"].to_numpy()
+    assert np.all(pred[analyte == "KET"] == 0)
+    late = data.obs["TIME"].to_numpy() > 0
+    assert np.all(pred[(analyte != "KET") & late] > 0)
+    # the NK bolus at t = 0 is seen by the NK observation after it at t = 0
+    at0 = (data.obs["TIME"].to_numpy() == 0) & (analyte == "NK")
+    np.testing.assert_allclose(pred[at0], 1000.0 * 20.0 / 250.0, rtol=1e-12)
+    mets = [
+        Metabolite(cl_m=70.0, v_m=250.0, r=223.70 / 237.73, cl_f=60.0),
+        Metabolite(cl_m=76.0, v_m=115.0, r=239.70 / 223.70, fm=0.5),
+    ]
+    ref = np_conc_ng_ml(
+        data.layout, cl=75.0, vc=100.0, q=100.0, vp=180.0, metabolites=mets,
+        routes={"nk_iv": Route(level=1), "hnk_iv": Route(level=2)},
+    )  # fmt: skip
+    np.testing.assert_allclose(pred, ref, rtol=1e-12)
+    # by hand: NK after the bolus alone is one exponential
+    k = 70.0 / 250.0
+    nk = (analyte == "NK") & (data.obs["TIME"].to_numpy() == 1.0)
+    np.testing.assert_allclose(pred[nk], 1000.0 * 20.0 / 250.0 * np.exp(-k), rtol=1e-12)

@@ -169,8 +169,8 @@ def obs_after_events(table: pd.DataFrame, spec: PKSpec, source: str = "the datas
     """Per row of ``table``: whether it follows, in the table's row order, a record of the
     same subject and time that an observation at that time sees (NONMEM's reading of a data
     file): a reset (EVID 3 or 4), a steady-state dose (SS 1/2) or a bolus (RATE 0, AMT > 0)
-    into the central compartment. Infusions and depot doses add nothing at the time they
-    start, so an observation after them stays False (the engine's fast path).
+    into the central compartment or a metabolite's. Infusions and depot doses add nothing at
+    the time they start, so an observation after them stays False (the engine's fast path).
 
     An observation with such records both before and after it at its time cannot be given
     NONMEM's meaning (the engine sees all events of a time or none): :class:`FitError`, naming
@@ -183,8 +183,14 @@ def obs_after_events(table: pd.DataFrame, spec: PKSpec, source: str = "the datas
         doses = table[dosing]
         route = dose_routes(doses, spec, source)
         declared = spec.structure.get("routes", {})
+        # a bolus seen at its time: into the central compartment or a metabolite's, no depot
         central = np.array(
-            [declared.get(r, {}).get("compartment", r) == "central" for r in route], dtype=bool
+            [
+                declared.get(r, {}).get("compartment", r) != "depot"
+                and "ka" not in declared.get(r, {})
+                for r in route
+            ],
+            dtype=bool,
         )
         bolus = (doses["RATE"].to_numpy(float) == 0) & (doses["AMT"].to_numpy(float) > 0)
         ss = _dose_column(doses, "SS") > 0

@@ -24,7 +24,7 @@ from scipy.special import expit
 
 from ketamine_pmx.contract import CYP2B6_CLASSES, MOLAR_MASS_G_MOL
 from ketamine_pmx.models.pk_data import PKData
-from ketamine_pmx.models.spec import PKSpec, bsv_groups, route_parameters
+from ketamine_pmx.models.spec import PKSpec, bsv_groups, route_level, route_parameters
 from ketamine_pmx.pk import DoseObsLayout, Metabolite, Route, np_conc_ng_ml, pt_conc_ng_ml
 
 #: Terms (pseudo-subject or draw x observation x dose) evaluated at once by the batched
@@ -103,6 +103,7 @@ def spec_routes(spec: PKSpec, p: dict[str, Any]) -> dict[str, Route]:
             duration=p[named["duration"]] if "duration" in named else None,
             n_transit=int(transit.get("n", 0)),
             ktr=p[named["ktr"]] if "ktr" in named else None,
+            level=route_level(spec.structure, cfg),
         )
     return out
 

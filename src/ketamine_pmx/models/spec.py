@@ -109,6 +109,20 @@ ROUTE_PARAMETER_KINDS = {
 }
 
 
+#: Route compartments that are a metabolite's (a dose of that metabolite), in chain order.
+METABOLITE_COMPARTMENTS = ("NK", "HNK")
+
+
+def route_level(structure: dict[str, Any], route: dict[str, Any]) -> int:
+    """The chain level a declared route doses into: 0 the parent (central, depot), j the j-th
+    metabolite of ``structure.metabolites`` in chain order (NK before HNK)."""
+    compartment = route["compartment"]
+    if compartment not in METABOLITE_COMPARTMENTS:
+        return 0
+    chain = [m for m in METABOLITE_COMPARTMENTS if m in structure.get("metabolites", [])]
+    return chain.index(compartment) + 1
+
+
 def route_parameters(route: dict[str, Any]) -> dict[str, str]:
     """The parameters a declared route names, by key (``transit.ktr`` as ``ktr``)."""
     out = {k: route[k] for k in ROUTE_PARAMETER_KINDS if k in route}
@@ -169,8 +183,10 @@ def resolve_route(structure: dict[str, Any], name: str) -> str | None:
 def _route_problems(structure: dict[str, Any], parameters: dict[str, dict[str, Any]]) -> list:
     """What is wrong with ``structure.routes`` and ``structure.default_route``: a depot route
     needs ka, a central one takes no ka or transit; each named parameter must exist and be of
-    the kind its key needs; the default route must be known."""
+    the kind its key needs; the default route must be known. A route into a metabolite's
+    compartment (NK, HNK) needs that metabolite in the structure and may have a depot (ka)."""
     problems = []
+    metabolites = structure.get("metabolites", [])
     for name, route in structure.get("routes", {}).items():
         where = f"structure.routes.{name}"
         if name in BUILTIN_ROUTES:
@@ -184,6 +200,14 @@ def _route_problems(structure: dict[str, Any], parameters: dict[str, dict[str, A
             for key in ("ka", "transit"):
                 if key in route:
                     problems.append(f"{where}.{key}: a central route has no absorption")
+        if route["compartment"] in METABOLITE_COMPARTMENTS:
+            if route["compartment"] not in metabolites:
+                problems.append(
+                    f"{where}.compartment: {route['compartment']} is not a metabolite of the "
+                    f"structure (structure.metabolites: {list(metabolites)})"
+                )
+            if "transit" in route and "ka" not in route:
+                problems.append(f"{where}.transit: transit compartments need a depot (ka)")
         for key, par in route_parameters(route).items():
             at = f"{where}.transit.ktr" if key == "ktr" else f"{where}.{key}"
             if par not in parameters:
