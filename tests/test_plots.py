@@ -190,3 +190,25 @@ def test_data_overview_has_a_legend_and_units(tmp_path):
     for ax in labelled(fig):
         for label in (ax.get_xlabel(), ax.get_ylabel()):
             assert not label or "(" in label, label  # every label names its unit
+
+
+def test_vpc_and_gof_tables_in_the_users_units_are_labelled_in_them():
+    """A fit reported in min and mg/L draws its figures in min and mg/L, not in h and ng/mL."""
+    from ketamine_pmx.results import gof_in_user_units, vpc_in_user_units
+
+    units = {"time": "min", "conc": "mg/L"}
+    table = pd.DataFrame(vpc_rows("ALL", "DRUG", [0.5, 1.0, 4.0]))
+    ax = plots.vpc(vpc_in_user_units(table, units)).axes[0]
+    assert ax.get_xlabel() == "time (min)" and ax.get_ylabel() == "concentration (mg/L)"
+    drawn = [line for line in ax.lines if len(line.get_xdata()) == 3]  # the observed percentiles
+    median = max(drawn, key=lambda line: line.get_linewidth()).get_xydata()
+    assert np.allclose(median[:, 0], [30.0, 60.0, 240.0])  # h -> min
+    assert np.allclose(median[:, 1], 1e-3 * 100.0 / (1 + np.array([0.5, 1.0, 4.0])))
+    gof_table = pd.DataFrame(
+        {"ID": 1, "TIME": [0.5, 2.0], "ANALYTE": "DRUG", "DV": [900.0, 500.0], "BLQ": 0,
+         "PRED": [800.0, 600.0], "IPRED": [850.0, 550.0], "NPD": [0.1, -0.2]}
+    )  # fmt: skip
+    axes = plots.gof(gof_in_user_units(gof_table, units)).axes
+    assert axes[0].get_xlabel() == "PRED (mg/L)" and axes[2].get_xlabel() == "time (min)"
+    # without unit columns: the library's units, as before
+    assert plots.vpc(table).axes[0].get_xlabel() == "time (h)"

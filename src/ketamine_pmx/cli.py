@@ -169,6 +169,7 @@ def _fit(args: argparse.Namespace) -> int:
     from ketamine_pmx.plots import gof, vpc
     from ketamine_pmx.results import (
         gof_in_user_units,
+        observations_in_user_units,
         parameter_summary,
         vpc_in_user_units,
     )
@@ -229,12 +230,14 @@ def _fit(args: argparse.Namespace) -> int:
     write_csv(files["vpc_table"], vpc_in_user_units(vpcs, units), float_format="%.6g")
     write_csv(files["vpc_summary"], checks.vpc_summary(vpcs), float_format="%.4g")
     gof_table = checks.gof_table(data, reps, seed)
-    write_csv(files["gof_table"], gof_in_user_units(gof_table, units), float_format="%.6g")
+    gof_user = gof_in_user_units(gof_table, units)
+    write_csv(files["gof_table"], gof_user, float_format="%.6g")
     write_csv(files["gof_summary"], checks.gof_summary(gof_table), float_format="%.4g")
-    points = data.obs.assign(stratum=data.obs["ID"].map(strata).astype(str))
-    write_figure(files["vpc"], vpc(tables[0], points))
-    write_figure(files["pcvpc"], vpc(tables[1]))
-    write_figure(files["gof"], gof(gof_table))
+    points = observations_in_user_units(data.obs, units)
+    points = points.assign(stratum=points["ID"].map(strata).astype(str))
+    write_figure(files["vpc"], vpc(vpc_in_user_units(tables[0], units), points))
+    write_figure(files["pcvpc"], vpc(vpc_in_user_units(tables[1], units)))
+    write_figure(files["gof"], gof(gof_user))
     if not check["gate_passed"]:
         print(f"warning: {spec.name} failed the diagnostic gate; allowed by "
               f"{check['allowed_by']}", file=sys.stderr)  # fmt: skip

@@ -201,14 +201,28 @@ def exposure_overview(summary: pd.DataFrame, groups: pd.Series, metrics: list[st
     return fig
 
 
+def _unit_label(table: pd.DataFrame, column: str, default: str) -> str:
+    """The unit named in ``table[column]`` (one unit, or the distinct ones joined), else
+    ``default`` (the library's unit)."""
+    if column not in table:
+        return default
+    return " | ".join(dict.fromkeys(table[column].astype(str)))
+
+
 def vpc(table: pd.DataFrame, observations: pd.DataFrame | None = None) -> Figure:
     """(pc)VPC: one row per stratum, one column per analyte, log concentration axis.
 
     Shaded bands: the replicates' 90% interval of the 5th/95th (light) and 50th (dark)
     percentiles per time bin; lines: the observed percentiles (dashed 5th/95th, solid median);
     dots: the observations (plain VPC only). A percentile below the LLOQ is drawn at the LLOQ
-    (dotted line). Captions in the report say how to read it.
+    (dotted line). Captions in the report say how to read it. A table in the user's units
+    (:func:`ketamine_pmx.results.vpc_in_user_units`: ``time``, ``time_unit``, ``conc_unit``) is
+    drawn and labelled in them; else h and ng/mL.
     """
+    time_unit = _unit_label(table, "time_unit", "h")
+    conc_unit = _unit_label(table, "conc_unit", "ng/mL")
+    if "time_h" not in table and "time" in table:
+        table = table.rename(columns={"time": "time_h"})
     strata = sorted(table["stratum"].unique())
     analytes = list(dict.fromkeys(table["analyte"]))
     fig = Figure(figsize=(2.5 * len(analytes), 2.3 * len(strata)), layout="constrained")
@@ -252,13 +266,13 @@ def vpc(table: pd.DataFrame, observations: pd.DataFrame | None = None) -> Figure
             ax.tick_params(labelsize=7)
             if c == 0:
                 ax.set_ylabel(
-                    "concentration (ng/mL)"
+                    f"concentration ({conc_unit})"
                     if table["kind"].iloc[0] == "vpc"
-                    else "pred.-corrected conc. (ng/mL)",
+                    else f"pred.-corrected conc. ({conc_unit})",
                     fontsize=8,
                 )
             if r == len(strata) - 1:
-                ax.set_xlabel("time (h)", fontsize=8)
+                ax.set_xlabel(f"time ({time_unit})", fontsize=8)
     handles = [
         Patch(color="tab:red", alpha=0.3, lw=0, label="simulated median: 90% interval"),
         Patch(color="tab:blue", alpha=0.15, lw=0, label="simulated 5th/95th pct.: 90% interval"),
@@ -284,7 +298,11 @@ def _bin_span(p: pd.DataFrame) -> np.ndarray:
 
 def gof(table: pd.DataFrame) -> Figure:
     """Goodness of fit: DV vs PRED and vs IPRED (log-log, identity line), NPD vs time and vs
-    PRED (reference lines at 0 and +-1.96), quantifiable records, coloured by analyte."""
+    PRED (reference lines at 0 and +-1.96), quantifiable records, coloured by analyte. A table
+    in the user's units (:func:`ketamine_pmx.results.gof_in_user_units`: ``TIME_UNIT``,
+    ``CONC_UNIT``) is labelled in them; else h and ng/mL."""
+    time_unit = _unit_label(table, "TIME_UNIT", "h")
+    conc_unit = _unit_label(table, "CONC_UNIT", "ng/mL")
     g = table[table["BLQ"] == 0]
     fig = Figure(figsize=(11, 3.0), layout="constrained")
     axes = fig.subplots(1, 4)
@@ -308,9 +326,9 @@ def gof(table: pd.DataFrame) -> Figure:
         ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, label="identity")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel(f"{name} (ng/mL)", fontsize=8)
-        ax.set_ylabel("observed (ng/mL)", fontsize=8)
-    for ax, name in ((axes[2], "time (h)"), (axes[3], "PRED (ng/mL)")):
+        ax.set_xlabel(f"{name} ({conc_unit})", fontsize=8)
+        ax.set_ylabel(f"observed ({conc_unit})", fontsize=8)
+    for ax, name in ((axes[2], f"time ({time_unit})"), (axes[3], f"PRED ({conc_unit})")):
         for level, style in ((0.0, "-"), (1.96, "--"), (-1.96, "--")):
             ax.axhline(level, color="black", lw=0.8, ls=style)
         ax.set_xscale("symlog", linthresh=1.0) if "time" in name else ax.set_xscale("log")

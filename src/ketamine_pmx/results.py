@@ -578,6 +578,16 @@ def vpc_in_user_units(table: Any, units: Mapping[str, str]) -> Any:
     return out
 
 
+def observations_in_user_units(obs: Any, units: Mapping[str, str]) -> Any:
+    """Observation rows (``TIME``, ``DV``, ``LLOQ``, ``ANALYTE``: a PK dataset's ``obs``) with
+    times and concentrations in the user's units (the observation dots of a VPC)."""
+    out = obs.copy()
+    out["TIME"], _ = to_user_units(out["TIME"].to_numpy(float), "time", units)
+    columns = tuple(c for c in ("DV", "LLOQ") if c in out)
+    _convert_rows(out, columns, out["ANALYTE"], units)
+    return out
+
+
 def gof_in_user_units(table: Any, units: Mapping[str, str]) -> Any:
     """A goodness-of-fit table (:func:`ketamine_pmx.checks.gof_table`) with ``TIME``, ``DV``,
     ``PRED`` and ``IPRED`` in the user's units, named in ``TIME_UNIT`` and ``CONC_UNIT``."""
@@ -601,6 +611,7 @@ __all__ = [
     "gof_in_user_units",
     "is_results_dir",
     "load",
+    "observations_in_user_units",
     "parameter_summary",
     "to_user_units",
     "vpc_in_user_units",
