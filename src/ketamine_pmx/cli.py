@@ -28,7 +28,13 @@ import sys
 from pathlib import Path
 
 from ketamine_pmx.config import ConfigError, load_config, sampler_settings
-from ketamine_pmx.data.validation import DataValidationError, load_dataset, summarise, write_outputs
+from ketamine_pmx.data.validation import (
+    DataValidationError,
+    load_dataset,
+    set_aside,
+    summarise,
+    write_outputs,
+)
 from ketamine_pmx.layout import CLI_RECOMMENDATIONS
 from ketamine_pmx.layout import path as layout_path
 from ketamine_pmx.meta import __version__
@@ -398,24 +404,9 @@ def _validate(args: argparse.Namespace) -> int:
         f"{args.data}: valid ({summary['subjects']} subjects, {summary['dose_rows']} doses, "
         f"{summary['observation_rows']} observations, "
         f"{100 * summary['blq_share_concentrations']:.1f}% of concentrations BLQ)"
-        + "".join(f"; {line}" for line in _set_aside(summary))
+        + "".join(f"; {line}" for line in set_aside(summary))
     )
     return EXIT_OK
-
-
-def _set_aside(summary: dict) -> list[str]:
-    """What the reader expanded or set aside, from a data summary, one phrase each (empty when
-    nothing was): ADDL expansion, comment rows, rows excluded by ``data.exclude``."""
-    handling = summary.get("handling", {})
-    lines = []
-    records, doses = handling.get("dose_records"), handling.get("doses_after_addl_expansion")
-    if records is not None and doses is not None and doses != records:
-        lines.append(f"{records} dose records, {doses} doses after ADDL expansion")
-    if summary.get("comment_rows_ignored"):
-        lines.append(f"{summary['comment_rows_ignored']} comment rows ignored")
-    for condition, count in (summary.get("excluded_rows") or {}).items():
-        lines.append(f"{count} rows excluded by {condition}")
-    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1766,6 +1766,21 @@ def _md_table(title: str, header: list[str], rows: list[list[Any]]) -> list[str]
     return lines + ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
 
 
+def set_aside(summary: dict[str, Any]) -> list[str]:
+    """What reading expanded or set aside, from a data summary (:func:`summarise`), one phrase
+    each: ADDL expansion, comment rows, rows excluded by each ``data.exclude`` condition; empty
+    when nothing was."""
+    phrases = []
+    records = summary.get("dose_records", summary["dose_rows"])
+    if records != summary["dose_rows"]:
+        phrases.append(f"{records} dose records, {summary['dose_rows']} doses after ADDL expansion")
+    if summary.get("comment_rows_ignored"):
+        phrases.append(f"{summary['comment_rows_ignored']} comment rows ignored")
+    for label, n in (summary.get("excluded_rows") or {}).items():
+        phrases.append(f"{n} rows excluded by {label}")
+    return phrases
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """A short human-readable data summary."""
     out = [
@@ -1775,17 +1790,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         f"{summary['observation_rows']} observations); BLQ share of concentrations "
         f"{100 * summary['blq_share_concentrations']:.1f}% (method {summary['handling']['blq_method']}).",
     ]
-    records = summary.get("dose_records", summary["dose_rows"])
-    if records != summary["dose_rows"]:
-        out += [
-            "",
-            f"{records} dose records, {summary['dose_rows']} doses after ADDL expansion.",
-        ]
-    if summary.get("comment_rows_ignored"):
-        out += ["", f"{summary['comment_rows_ignored']} comment rows ignored."]
-    excluded = summary.get("excluded_rows") or {}
-    if excluded:
-        out += [""] + [f"- {n} rows excluded by {label}" for label, n in excluded.items()]
+    phrases = set_aside(summary)
+    if phrases:
+        out += [""] + [f"- {phrase}" for phrase in phrases]
     out += _md_table(
         "Subjects"
         if summary["grouped_by"] == "ALL"
